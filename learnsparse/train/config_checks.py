@@ -1,0 +1,32 @@
+"""Checks on a composed config, before anything is built or written. Each failure is one line."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from learnsparse.errors import UserError
+
+
+def _positive(cfg: DictConfig, key: str, *, allow_zero: bool = False) -> None:
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise UserError(f"{key} must be a number (got {value!r})")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{key} must be {'≥ 0' if allow_zero else '> 0'} (got {value})")
+
+
+def check_config(cfg: DictConfig) -> None:
+    for key in ("trainer.epochs", "data.batch_size", "optim.lr"):
+        _positive(cfg, key)
+    for key in ("data.num_workers", "optim.weight_decay", "optim.momentum", "trainer.grad_clip"):
+        _positive(cfg, key, allow_zero=True)
+    if not float(cfg.trainer.epochs).is_integer():
+        raise UserError(f"trainer.epochs must be a whole number (got {cfg.trainer.epochs})")
+    if cfg.trainer.get("amp") not in (None, "bf16", "fp16"):
+        raise UserError(f"trainer.amp must be null, bf16 or fp16 (got {cfg.trainer.amp!r})")
+    device = str(cfg.trainer.get("device", "auto"))
+    if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
+        raise UserError(f"trainer.device must be auto, cpu, cuda or cuda:N (got {device!r})")
