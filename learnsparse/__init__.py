@@ -6,8 +6,10 @@ __version__ = "0.1.0"
 __all__ = ["UserError", "train", "__version__"]
 
 
+# `learnsparse.train` is this function; the training machinery lives in `learnsparse.engine`
+# (a subpackage of the same name would replace this attribute on first import).
 def train(cfg):
     """Run one training job from a composed config; returns the final epoch's metrics."""
-    from .train.run import train as _train  # keep `import learnsparse` light
+    from .engine.run import train as _train  # keep `import learnsparse` light
 
     return _train(cfg)

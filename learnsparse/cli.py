@@ -53,7 +53,7 @@ def _run_hydra(task, config_name: str, check) -> None:
 
 
 def _train_task(cfg) -> None:
-    from .train import NonFiniteLossError, train
+    from .engine import NonFiniteLossError, train
 
     try:
         metrics = train(cfg)
@@ -70,7 +70,7 @@ def _train_task(cfg) -> None:
 
 
 def train_main() -> None:
-    from .train.config_checks import check_config
+    from .engine.config_checks import check_config
 
     _run_hydra(_train_task, "train", check_config)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learnsparse.train import HookBase
+from learnsparse.engine import HookBase
 
 
 class KillAtStep(HookBase):
@@ -84,3 +84,15 @@ def write_fashion_mnist(root: Path, n_train: int = 30, n_test: int = 10) -> Path
         write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
     return root
+
+
+class NaNAtStep(HookBase):
+    """Adds a NaN loss term at one global step, as a diverging run would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def extra_losses(self):
+        if self.trainer.iter == self.step:
+            return {"loss_reg_nan": torch.tensor(float("nan"))}
+        return {}

@@ -6,7 +6,7 @@ import torch
 from hydra.utils import instantiate
 
 from learnsparse.config_dir import config_dir
-from learnsparse.train.run import build_plugins
+from learnsparse.engine.run import build_plugins
 
 from .helpers import write_cifar10, write_fashion_mnist, write_image_folder
 

@@ -126,8 +126,9 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             self.epoch_metrics.update(epoch=self.epoch, epoch_time=elapsed, images_per_s=seen / max(elapsed, 1e-9),
                                       lr=self.optimizer.param_groups[0]["lr"])
+            # Appended before the hooks fill it, so the checkpoint written in after_epoch has it.
+            self.history.append(self.epoch_metrics)
             self._call("after_epoch")
-            self.history.append(dict(self.epoch_metrics))
         self._call("after_train")
 
     def _start_epoch_rng(self) -> None:

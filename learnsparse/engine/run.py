@@ -33,7 +33,7 @@ def _instantiate(node, what: str, **kwargs):
     except Exception as e:
         # Hydra wraps the real cause; the innermost message is the one that names the problem.
         cause = e
-        while cause.__cause__ is not None:
+        while cause.__cause__ is not None and not isinstance(cause, UserError):
             cause = cause.__cause__
         if isinstance(cause, UserError):
             raise cause from e
