@@ -1,6 +1,7 @@
 """Thin command-line entry points. All work happens in importable functions."""
 from __future__ import annotations
 
+import os
 import sys
 
 from .errors import UserError
@@ -63,6 +64,8 @@ def _train_task(cfg) -> None:
         _fail(str(e), 3)
     except KeyboardInterrupt:
         _fail("interrupted; the last checkpoint is intact (resume with trainer.resume=auto)", 130)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun every rank holds the same global metrics; one report is enough
     if metrics.get("val_top1") is not None:
         print(f"test accuracy: top-1 {metrics['val_top1']:.2f}%  top-5 {metrics['val_top5']:.2f}%  "
               f"(loss {metrics['val_loss']:.4f}, epoch {metrics['epoch'] + 1})")

@@ -1,0 +1,38 @@
+# The whole set-up on a fresh machine is `make demo` or `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the dependency list changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST comes from Debian's package where apt is available (offline machines have
+# the package mirror); elsewhere torchvision downloads it on first use.
+fashion-mnist:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)); \
+	else echo "Fashion-MNIST will be downloaded by torchvision into ./data"; fi
+
+demo: $(STAMP) fashion-mnist
+	@DL=$$([ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && echo false || echo true); \
+	$(VENV)/bin/learnsparse-train experiment=quickstart data.dataset.download=$$DL
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) scripts/bench_trainer_overhead.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,29 @@
+"""Two CPU processes under torchrun (gloo): DDP keeps both ranks' weights identical."""
+import os
+import subprocess
+import sys
+
+import torch
+
+from learnsparse.engine.checkpoint_io import load_checkpoint
+
+from .conftest import TINY
+
+
+def test_two_process_gloo_run_ends_with_identical_weights(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "learnsparse.cli", *TINY, "model=lenet5", "data.dataset.image_size=28", "trainer.epochs=2",
+           f"hydra.run.dir={tmp_path}/run", "+sparsity.save._target_=tests.helpers.SaveWeightsAtEnd",
+           f"+sparsity.save.directory={tmp_path}/weights"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0 = torch.load(tmp_path / "weights/rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "weights/rank1.pt", weights_only=True)
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    ckpt = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    assert all(torch.equal(ckpt["model"][k], w0[k]) for k in w0)
+    # 128 images, batch 32, 2 ranks: each rank takes 2 steps per epoch.
+    assert ckpt["iter"] == 4
+    assert proc.stdout.count("test accuracy") == 1  # rank 0 alone reports
