@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean fashion-mnist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,12 @@ fashion-mnist:
 		 (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)); \
 	else echo "Fashion-MNIST will be downloaded by torchvision into ./data"; fi
 
+# Train with condensing, then export the run's last checkpoint: verify, measure, write export/.
 demo: $(STAMP) fashion-mnist
 	@DL=$$([ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && echo false || echo true); \
-	$(VENV)/bin/learnsparse-train experiment=quickstart data.dataset.download=$$DL
+	RUN=outputs/quickstart/demo_$$(date +%Y-%m-%d_%H-%M-%S); \
+	$(VENV)/bin/learnsparse-train experiment=quickstart data.dataset.download=$$DL hydra.run.dir=$$RUN && \
+	$(VENV)/bin/learnsparse-export checkpoint=$$RUN/checkpoints/last.pt formats=[pt,pt2,onnx] threads=2
 
 test: $(STAMP)
 	$(PY) -m pytest -q

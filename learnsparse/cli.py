@@ -72,6 +72,37 @@ def _train_task(cfg) -> None:
     print(f"outputs: {metrics['output_dir']}")
 
 
+def export_main() -> None:
+    """learnsparse-export checkpoint=<path> [formats=[pt,pt2,onnx]] [key=value ...]"""
+    from .config_dir import compose
+
+    args = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in args):
+        print(export_main.__doc__)
+        return
+    try:
+        cfg = compose(args, config_name="export")
+        if cfg.checkpoint in (None, "???") or "checkpoint" not in {a.split("=")[0] for a in args}:
+            raise UserError("learnsparse-export needs checkpoint=<path to a training checkpoint>")
+    except UserError as e:
+        _fail(str(e))
+    except Exception as e:
+        _fail(_one_line(e))
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .export.from_checkpoint import export_checkpoint
+
+    try:
+        report = export_checkpoint(cfg)
+    except UserError as e:
+        _fail(str(e))
+    print(report["table"])
+    for kind, path in report["files"].items():
+        print(f"wrote {kind}: {path}")
+    print(f"report: {report['report']}")
+
+
 def train_main() -> None:
     from .engine.config_checks import check_config
 

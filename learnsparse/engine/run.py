@@ -103,6 +103,7 @@ def _train(cfg: DictConfig, dist_env: DistEnv) -> dict:
                       channels_last=bool(cfg.trainer.get("channels_last")), rank=dist_env.rank,
                       loader_generator=generator, unwrapped_model=model)
     trainer.model_stats = stats
+    trainer.input_shape = list(example.shape[1:])
     trainer.output_dir = output_dir
     trainer.is_main = dist_env.is_main
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -21,7 +21,8 @@ class CheckpointHook(HookBase):
 
     def checkpoint(self) -> dict:
         t = self.trainer
-        return {**t.state_dict(), "rng": rng_state(), "config": self.config, "best": self.best}
+        return {**t.state_dict(), "rng": rng_state(), "config": self.config, "best": self.best,
+                "input_shape": list(getattr(t, "input_shape", []))}
 
     def after_epoch(self) -> None:
         value = self.trainer.epoch_metrics.get(self.monitor)

@@ -10,10 +10,14 @@ class TensorBoardHook(HookBase):
         self.log_every = log_every
         self.writer = None
 
-    def before_train(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # heavy import: only when logging
+    def _open(self) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # heavy import: only when logging
 
-        self.writer = SummaryWriter(self.log_dir)
+            self.writer = SummaryWriter(self.log_dir)
+
+    def before_train(self) -> None:
+        self._open()
         for k, v in getattr(self.trainer, "model_stats", {}).items():
             self.writer.add_scalar(f"model/{k}", v, 0)
 
@@ -35,8 +39,8 @@ class TensorBoardHook(HookBase):
 
     def add_image(self, tag: str, image, step: int | None = None) -> None:
         """For plugins that draw (connectivity pictures): CHW float in [0, 1]."""
-        if self.writer is not None:
-            self.writer.add_image(tag, image, self.trainer.iter if step is None else step)
+        self._open()  # plugins may draw in their before_train, before this hook's
+        self.writer.add_image(tag, image, self.trainer.iter if step is None else step)
 
     def after_train(self) -> None:
         if self.writer is not None:

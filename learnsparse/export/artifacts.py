@@ -1,0 +1,114 @@
+"""Files an export writes: condensed.pt, model.pt2, model.onnx.
+
+`condensed.pt` holds only plain tensors and values (it loads with `weights_only=True`): the
+deployed weights, the model's registry name and arguments, and the learned structure (the
+masks) that fixes the deployed layers' shapes. `load()` rebuilds the deployed model from it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from learnsparse.engine.checkpoint_io import save_atomic
+from learnsparse.errors import UserError
+from learnsparse.nn.learned_group_conv import LearnedGroupConv
+
+from .classifier import prune_classifier_inputs
+from .condense import _last_linear, _set_submodule
+from .registry import convert_modules
+
+FORMAT = "learnsparse.condensed"
+VERSION = 1
+
+
+def structure_of(trained: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: {"mask": m.mask.detach().cpu().clone(), "stage": m.stage.detach().cpu().clone()}
+            for name, m in trained.named_modules() if isinstance(m, LearnedGroupConv)}
+
+
+def save_condensed(path: Path, deployed: nn.Module, trained: nn.Module, model_spec: dict, input_shape: list[int],
+                   classifier_keep: float | None = None) -> None:
+    save_atomic({
+        "format": FORMAT, "version": VERSION, "model": dict(model_spec), "input_shape": list(input_shape),
+        "structure": structure_of(trained), "classifier_keep": classifier_keep,
+        "state_dict": {k: v.detach().cpu() for k, v in deployed.state_dict().items()},
+    }, path)
+
+
+def load(path: str | Path, map_location="cpu") -> nn.Module:
+    """Rebuild a deployed model from `condensed.pt` (no code is unpickled)."""
+    from learnsparse.models import create_model
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except Exception as e:
+        raise UserError(f"{path} is unreadable or truncated ({str(e).splitlines()[0][:160]})") from e
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise UserError(f"{path} is not a learnsparse condensed model")
+    model = create_model(**blob["model"]).eval()
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, st in blob["structure"].items():
+            modules[name].mask.copy_(st["mask"])
+            modules[name].stage.copy_(st["stage"])
+        convert_modules(model)
+        if blob.get("classifier_keep"):
+            name, linear = _last_linear(model)
+            _set_submodule(model, name, prune_classifier_inputs(linear, blob["classifier_keep"]))
+    model.load_state_dict(blob["state_dict"])
+    return model.to(map_location).eval()
+
+
+def save_pt2(path: Path, deployed: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """torch.export with a dynamic batch dimension; loads with torch.export.load alone."""
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with torch.no_grad():
+        program = torch.export.export(deployed, (example,), dynamic_shapes=({0: batch},))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # Raised for buffers that share storage (index tensors); the archive is still complete.
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        torch.export.save(program, str(path))
+    return program
+
+
+def save_onnx(path: Path, deployed: nn.Module, example: torch.Tensor, rtol: float = 1e-5) -> float:
+    """Export to ONNX and check it with onnxruntime; returns the max difference found."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+    except ImportError as e:
+        raise UserError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'learnsparse[onnx]'") from e
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    # The exporter and its graph optimizer narrate every step on stdout and through logging;
+    # the report says what matters (the check against onnxruntime below).
+    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(deployed, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
+                              verbose=False)
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+    with torch.no_grad():
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        x = torch.randn((3, *example.shape[1:]), generator=torch.Generator().manual_seed(1))
+        expected = deployed(x.to(example.device)).float().cpu().numpy()
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    scale = float(np.abs(expected).max())
+    if not diff <= rtol * max(scale, 1e-12) * 10:  # ORT's kernels round differently from ATen's
+        path.unlink(missing_ok=True)
+        raise UserError(f"ONNX model differs from the exported model under onnxruntime: max |Δ| = {diff:.3g}")
+    return diff

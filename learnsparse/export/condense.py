@@ -1,0 +1,63 @@
+"""`condense(model, example_inputs)`: squash masks, convert each trained layer, verify."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from . import condensenet_converter, lgc_converter  # noqa: F401  (registers converters)
+from .classifier import prune_classifier_inputs
+from .registry import convert_modules
+from .verify import check_equivalent, max_difference, verification_inputs
+
+
+@dataclass
+class ExportResult:
+    model: nn.Module
+    converted: list[tuple[str, str, str]] = field(default_factory=list)  # (name, trained kind, deployed kind)
+    max_abs_diff: float = 0.0
+    output_scale: float = 0.0
+    exact: bool = True
+
+
+def condense_with_details(model: nn.Module, example_inputs: torch.Tensor, *, classifier_keep: float | None = None,
+                          rtol: float = 1e-5) -> ExportResult:
+    trained = model.eval()
+    exported = copy.deepcopy(trained).eval()
+    with torch.no_grad():
+        rows = convert_modules(exported)
+        if classifier_keep is not None and classifier_keep < 1:
+            name, linear = _last_linear(exported)
+            _set_submodule(exported, name, prune_classifier_inputs(linear, classifier_keep))
+            rows.append((name, linear, None))
+    inputs = verification_inputs(example_inputs)
+    converted = [(n, type(old).__name__, type(new).__name__ if new is not None else "IndexSelectLinear")
+                 for n, old, new in rows]
+    if classifier_keep is not None and classifier_keep < 1:
+        # Lossy by request: measured and reported, not required to match.
+        diff, scale = max_difference(trained, exported, inputs)
+        return ExportResult(exported, converted, diff, scale, exact=False)
+    diff, scale = check_equivalent(trained, exported, inputs, rtol)
+    return ExportResult(exported, converted, diff, scale)
+
+
+def condense(model: nn.Module, example_inputs: torch.Tensor, *, classifier_keep: float | None = None,
+             rtol: float = 1e-5) -> nn.Module:
+    """The deployed form of a trained model, proven equal to it on the example and on random
+    inputs (max |Δ| ≤ rtol × output scale) unless a lossy option was asked for. The trained
+    model is left as it was (switched to eval mode)."""
+    return condense_with_details(model, example_inputs, classifier_keep=classifier_keep, rtol=rtol).model
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("classifier_keep needs a model with a final nn.Linear")
+    return linears[-1]
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)

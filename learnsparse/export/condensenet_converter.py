@@ -1,0 +1,40 @@
+"""CondenseNet dense blocks → CondensedDenseBlock (vectorized: one gather per layer)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from learnsparse.models.condensenet import DenseBlock, DenseLayer
+from learnsparse.nn.condensed_dense_block import CondensedDenseBlock, CondensedDenseLayer
+from learnsparse.nn.deployed import IndexSelectGroupConv
+
+from .registry import register_converter
+
+
+def _bn_subset(bn: nn.BatchNorm2d, index: torch.Tensor) -> nn.BatchNorm2d:
+    """A BatchNorm over the channels `index` picks (a channel may appear more than once)."""
+    out = nn.BatchNorm2d(index.numel(), eps=bn.eps, momentum=bn.momentum, affine=bn.affine)
+    with torch.no_grad():
+        if bn.affine:
+            out.weight.copy_(bn.weight[index])
+            out.bias.copy_(bn.bias[index])
+        out.running_mean.copy_(bn.running_mean[index])
+        out.running_var.copy_(bn.running_var[index])
+    return out.to(bn.running_mean.device).eval()
+
+
+def convert_dense_layer(layer: DenseLayer) -> CondensedDenseLayer:
+    lgc = layer.conv1
+    grouped = IndexSelectGroupConv.from_trained(lgc)
+    g, mid = lgc.groups, lgc.out_channels
+    # norm2 acts on conv1's output before the shuffle, i.e. in group-contiguous order.
+    order = torch.arange(mid, device=grouped.index.device).reshape(mid // g, g).t().reshape(-1)
+    weight1 = grouped.conv.weight.detach().reshape(g, mid // g, -1)
+    conv2 = layer.conv2.to(memory_format=torch.channels_last)
+    return CondensedDenseLayer(grouped.index, _bn_subset(layer.norm1, grouped.index), weight1.clone(),
+                               _bn_subset(layer.norm2, order), conv2)
+
+
+@register_converter(DenseBlock)
+def convert_dense_block(block: DenseBlock) -> CondensedDenseBlock:
+    return CondensedDenseBlock([convert_dense_layer(layer) for layer in block], block.in_channels)

@@ -1,0 +1,76 @@
+"""`export_checkpoint(cfg)`: a training checkpoint in, export/ files and a report out."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from learnsparse.engine.checkpoint_io import load_checkpoint, save_atomic
+from learnsparse.errors import UserError
+from learnsparse.models import create_model
+
+from .artifacts import save_condensed, save_onnx, save_pt2
+from .condense import condense_with_details
+from .report import build_report, format_report
+
+log = logging.getLogger("learnsparse")
+FORMATS = ("pt", "pt2", "onnx")
+
+
+def model_from_checkpoint(ckpt: dict, path: Path) -> tuple[torch.nn.Module, dict, list[int]]:
+    config = ckpt.get("config") or {}
+    model_cfg = config.get("model") or {}
+    if "name" not in model_cfg:
+        raise UserError(f"checkpoint {path} has no model config; it was not written by learnsparse-train")
+    spec = {"name": model_cfg["name"], "num_classes": int(model_cfg["num_classes"]),
+            "in_channels": int(model_cfg["in_channels"])}
+    model = create_model(**spec)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {path} does not fit model {spec['name']} ({str(e).splitlines()[0][:160]})") from e
+    input_shape = ckpt.get("input_shape")
+    if not input_shape:
+        raise UserError(f"checkpoint {path} does not record the input shape")
+    return model.eval(), spec, list(input_shape)
+
+
+def export_checkpoint(cfg) -> dict:
+    formats = list(cfg.formats)
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise UserError(f"formats: unknown {unknown}; choose from {list(FORMATS)}")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    path = Path(cfg.checkpoint)
+    ckpt = load_checkpoint(path)
+    trained, spec, input_shape = model_from_checkpoint(ckpt, path)
+    g = torch.Generator().manual_seed(0)
+    example = torch.randn((int(cfg.verify_batch), *input_shape), generator=g)
+
+    result = condense_with_details(trained, example, classifier_keep=cfg.classifier_keep, rtol=float(cfg.rtol))
+    report = build_report(trained, result, example, latency_rounds=int(cfg.latency_rounds),
+                          latency_batch=int(cfg.latency_batch))
+    report.update(checkpoint=str(path), model=spec["name"], input_shape=input_shape)
+
+    out = Path(cfg.output_dir) if cfg.output_dir else path.resolve().parent.parent / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    if "pt" in formats:
+        save_condensed(out / "condensed.pt", result.model, trained, spec, input_shape, cfg.classifier_keep)
+        files["pt"] = str(out / "condensed.pt")
+    if "pt2" in formats:
+        save_pt2(out / "model.pt2", result.model, example)
+        files["pt2"] = str(out / "model.pt2")
+    if "onnx" in formats:
+        report["onnx_max_abs_diff"] = save_onnx(out / "model.onnx", result.model, example, float(cfg.rtol))
+        files["onnx"] = str(out / "model.onnx")
+    report["files"] = files
+    report["report"] = str(out / "report.json")
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out / "report.json")
+    report["table"] = format_report(report)
+    return report

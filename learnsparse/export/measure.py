@@ -1,0 +1,43 @@
+"""Params, multiply-adds and latency of a model, and the per-layer rows of the report."""
+from __future__ import annotations
+
+import statistics
+
+import torch
+import torch.nn as nn
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@torch.no_grad()
+def macs_by_module(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Multiply-adds (conv, linear, matmul) per module path; '' is the whole model."""
+    with FlopCounterMode(display=False) as counter:
+        model(example)
+    root = type(model).__name__
+    out = {}
+    for key, ops in counter.get_flop_counts().items():
+        if key == "Global":
+            out[""] = sum(ops.values()) // 2
+        elif key.startswith(root + "."):
+            out[key[len(root) + 1:]] = sum(ops.values()) // 2
+    out.setdefault("", 0)
+    return out
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def interleaved_latency(models: dict[str, nn.Module], example: torch.Tensor, rounds: int = 20,
+                        warmup: int = 2) -> dict[str, float]:
+    """Median seconds per forward, models timed in turn each round so noise hits all alike."""
+    for _ in range(warmup):
+        for m in models.values():
+            m(example)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            times[k].append(Timer("m(x)", globals={"m": m, "x": example}).timeit(1).mean)
+    return {k: statistics.median(v) for k, v in times.items()}

@@ -1,0 +1,148 @@
+"""CondenseNet (Huang et al., CVPR 2018): DenseNet with learned group convolutions.
+
+Each dense layer is BN-ReLU-LearnedGroupConv 1x1 (in → bottleneck·k, G groups, condense
+factor C) then BN-ReLU-Conv 3x3 (bottleneck·k → k, G groups), concatenated to its input.
+Transitions are average pooling only; growth rate doubles from block to block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from learnsparse.nn import LearnedGroupConv
+
+from .registry import register_model
+
+
+@dataclass(frozen=True)
+class CondenseNetSpec:
+    stages: Sequence[int]
+    growth: Sequence[int]
+    bottleneck: int = 4
+    groups_1x1: int = 4
+    groups_3x3: int = 4
+    condense_factor: int = 4
+    dropout: float = 0.0
+    init_stride: int = 1
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, in_channels: int, growth: int, spec: CondenseNetSpec):
+        super().__init__()
+        mid = spec.bottleneck * growth
+        self.norm1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = LearnedGroupConv(in_channels, mid, 1, groups=spec.groups_1x1,
+                                      condense_factor=spec.condense_factor, dropout=spec.dropout)
+        self.norm2 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, growth, 3, padding=1, groups=spec.groups_3x3, bias=False)
+
+    def forward(self, x):
+        y = self.conv1(F.relu(self.norm1(x)))
+        y = self.conv2(F.relu(self.norm2(y)))
+        return torch.cat([x, y], 1)
+
+
+class DenseBlock(nn.Sequential):
+    def __init__(self, num_layers: int, in_channels: int, growth: int, spec: CondenseNetSpec):
+        super().__init__(*(DenseLayer(in_channels + i * growth, growth, spec) for i in range(num_layers)))
+        self.in_channels, self.out_channels = in_channels, in_channels + num_layers * growth
+
+
+class CondenseNet(nn.Module):
+    def __init__(self, spec: CondenseNetSpec, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        if len(spec.stages) != len(spec.growth):
+            raise ValueError("CondenseNet: stages and growth must have the same length")
+        self.spec = spec
+        c = 2 * spec.growth[0]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, spec.init_stride, 1, bias=False)]
+        for i, (n, k) in enumerate(zip(spec.stages, spec.growth)):
+            block = DenseBlock(n, c, k, spec)
+            layers.append(block)
+            c = block.out_channels
+            if i < len(spec.stages) - 1:
+                layers.append(nn.AvgPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.norm = nn.BatchNorm2d(c)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # the 8x8 (CIFAR) or 7x7 (ImageNet) map → 1x1
+        self.classifier = nn.Linear(c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = F.relu(self.norm(self.features(x)))
+        return self.classifier(self.pool(x).flatten(1))
+
+
+def _cifar(depth: int, growth=(8, 16, 32), **kw) -> CondenseNetSpec:
+    if (depth - 2) % 6:
+        raise ValueError(f"CIFAR CondenseNet depth must be 6N+2, got {depth}")
+    n = (depth - 2) // 6
+    return CondenseNetSpec(stages=(n, n, n), growth=growth, **kw)
+
+
+def _build(spec: CondenseNetSpec, num_classes: int, in_channels: int) -> CondenseNet:
+    return CondenseNet(spec, num_classes, in_channels)
+
+
+@register_model
+def condensenet50(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return _build(_cifar(50), num_classes, in_channels)
+
+
+@register_model
+def condensenet74(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return _build(_cifar(74), num_classes, in_channels)
+
+
+@register_model
+def condensenet86(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return _build(_cifar(86), num_classes, in_channels)
+
+
+@register_model
+def condensenet98(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return _build(_cifar(98), num_classes, in_channels)
+
+
+@register_model
+def condensenet110(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return _build(_cifar(110), num_classes, in_channels)
+
+
+@register_model
+def condensenet122(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return _build(_cifar(122), num_classes, in_channels)
+
+
+@register_model
+def condensenet182(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return _build(_cifar(182, growth=(12, 24, 48)), num_classes, in_channels)
+
+
+def _imagenet(c: int) -> CondenseNetSpec:
+    return CondenseNetSpec(stages=(4, 6, 8, 10, 8), growth=(8, 16, 32, 64, 128), groups_1x1=c, groups_3x3=c,
+                           condense_factor=c, init_stride=2)
+
+
+@register_model
+def condensenet74_c4(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    return _build(_imagenet(4), num_classes, in_channels)
+
+
+@register_model
+def condensenet74_c8(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    return _build(_imagenet(8), num_classes, in_channels)
+
+
+@register_model
+def condensenet_mini(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """A small CondenseNet for 28x28 inputs (Fashion-MNIST): a stride-2 stem, 3 blocks of 4 layers."""
+    return _build(CondenseNetSpec(stages=(4, 4, 4), growth=(8, 16, 32), init_stride=2), num_classes, in_channels)

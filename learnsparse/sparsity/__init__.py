@@ -1,0 +1,1 @@
+"""Sparsity plugins: trainer hooks that learn structure (regularizers, schedules)."""

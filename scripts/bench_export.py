@@ -1,0 +1,90 @@
+"""Exported model vs the masked (trained) model it came from: throughput, side by side.
+
+Models are timed in turn every round (interleaved), median of --rounds rounds, on random
+inputs, `torch.set_num_threads(--threads)`. Also timed: the masked model in channels-last
+layout (the best a user could do without exporting) and the straightforward conversion
+(index-select → grouped conv → shuffle per layer, DenseNet's torch.cat kept), which is what
+the reference CondenseNet converter builds.
+
+    python scripts/bench_export.py [--model condensenet86] [--batches 64 1] [--rounds 21]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+
+from learnsparse.export import condense
+from learnsparse.export.measure import count_params, interleaved_latency, macs_by_module
+from learnsparse.export.registry import convert_modules, converter_for
+from learnsparse.models import create_model
+from learnsparse.models.condensenet import DenseBlock
+from learnsparse.nn import LearnedGroupConv
+
+INPUT = {"condensenet_mini": (1, 28), "condensenet74_c4": (3, 224), "condensenet74_c8": (3, 224)}
+
+
+def trained_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """Random weights and BN statistics, every learned group conv condensed to its last stage."""
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=1000 if "c4" in name or "c8" in name else 10,
+                         in_channels=INPUT.get(name, (3, 32))[0]).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+            if isinstance(m, LearnedGroupConv):
+                m.condense_to(m.max_stage)
+    return model
+
+
+def straightforward_conversion(model: torch.nn.Module) -> torch.nn.Module:
+    """Per-layer conversion only (no dense-block rewrite): the reference's structure."""
+    plain = copy.deepcopy(model)
+    for block in [m for m in plain.modules() if isinstance(m, DenseBlock)]:
+        block.__class__ = type("PlainDenseBlock", (DenseBlock,), {})  # not matched by the block converter
+    assert converter_for(next(m for m in plain.modules() if isinstance(m, DenseBlock))) is None
+    convert_modules(plain)
+    return plain
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="condensenet86")
+    ap.add_argument("--batches", type=int, nargs="+", default=[64, 1])
+    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    channels, size = INPUT.get(args.model, (3, 32))
+    trained = trained_model(args.model)
+    example = torch.randn(2, channels, size, size)
+    exported = condense(trained, example)
+    variants = {
+        "masked (trained)": trained,
+        "masked, channels_last": copy.deepcopy(trained).to(memory_format=torch.channels_last),
+        "per-layer conversion": straightforward_conversion(trained),
+        "learnsparse export": exported,
+    }
+    one = example[:1]
+    print(f"{args.model}: params {count_params(trained):,} → {count_params(exported):,}; "
+          f"MACs/image {macs_by_module(trained, one)['']:,} → {macs_by_module(exported, one)['']:,}")
+    print(f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds, median")
+    for batch in args.batches:
+        x = torch.randn(batch, channels, size, size)
+        inputs = {k: x.contiguous(memory_format=torch.channels_last) if "channels_last" in k else x for k in variants}
+        # interleaved_latency takes one input; wrap each model with its own layout.
+        wrapped = {k: (lambda m, xi: (lambda _: m(xi)))(m, inputs[k]) for k, m in variants.items()}
+        lat = interleaved_latency(wrapped, x, rounds=args.rounds)
+        base = lat["masked (trained)"]
+        print(f"\nbatch {batch}")
+        print(f"{'model':<26}{'ms':>10}{'images/s':>12}{'vs masked':>12}")
+        for k, t in lat.items():
+            print(f"{k:<26}{t * 1e3:>10.2f}{batch / t:>12.1f}{base / t:>11.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from learnsparse import train
+from learnsparse.engine import Trainer
+from learnsparse.engine.checkpoint_io import load_checkpoint
+from learnsparse.models import create_model
+from learnsparse.nn import LearnedGroupConv
+from learnsparse.sparsity.condensing import CondensingSchedule, stage_at
+
+
+def test_stage_boundaries_follow_condensenet():
+    # C = 4, first half of training: stages at progress 1/6, 2/6, 3/6.
+    assert [stage_at(p, 4, 0.5) for p in (0, 0.16, 0.17, 0.34, 0.49, 0.5, 0.9, 1.0)] == [0, 0, 1, 2, 2, 3, 3, 3]
+    assert stage_at(0.7, 1, 0.5) == 0
+
+
+class _FakeTrainer:
+    def __init__(self):
+        self.progress = 0.0
+        self.hooks = []
+
+
+def test_passing_several_boundaries_at_once_applies_every_missed_stage():
+    model = create_model("condensenet_mini", in_channels=1)
+    plugin = CondensingSchedule(model)
+    plugin.trainer = _FakeTrainer()
+    plugin.trainer.progress = 0.95
+    plugin.before_step()
+    for _, layer in plugin.layers:
+        assert int(layer.stage) == 3
+        assert (layer.mask.sum(1) == layer.in_channels - 3 * (layer.in_channels // 4)).all()
+
+
+def test_group_lasso_term_until_the_last_stage():
+    model = create_model("condensenet_mini", in_channels=1)
+    plugin = CondensingSchedule(model, group_lasso=1e-3)
+    plugin.trainer = _FakeTrainer()
+    terms = plugin.extra_losses()
+    assert set(terms) == {"loss_reg_group_lasso"} and terms["loss_reg_group_lasso"] > 0
+    plugin.trainer.progress = 0.6
+    plugin.before_step()
+    assert plugin.extra_losses() == {}
+
+
+def test_model_without_learned_group_convs_is_refused():
+    with pytest.raises(ValueError, match="LearnedGroupConv"):
+        CondensingSchedule(create_model("resnet20"))
+
+
+def test_condensing_run_checkpoints_and_resumes_its_structure(tiny_cfg, tmp_path):
+    common = ["model=condensenet_mini", "sparsity=condensenet", "sparsity.condensenet.group_lasso=1e-4",
+              "data.dataset.image_size=28", "data.in_channels=1"]
+    metrics = train(tiny_cfg(*common, "trainer.epochs=2"))
+    assert metrics["condense_stage"] == 3 and "train_loss_reg_group_lasso" in metrics
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    masks = {k: v for k, v in ckpt["model"].items() if k.endswith(".mask")}
+    assert masks and all(((m.sum(1) == m.shape[1] - 3 * (m.shape[1] // 4)).all()) for m in masks.values())
+    assert ckpt["hooks"]["condensenet"]["stages"] == [3] * len(masks)
+    assert ckpt["input_shape"] == [1, 28, 28]
+
+    # Resuming from the epoch-0 checkpoint of a 2-epoch run lands on the same structure.
+    train(tiny_cfg(*common, "trainer.epochs=1", f"paths.output_dir={tmp_path}/half"))
+    resumed = train(tiny_cfg(*common, "trainer.epochs=2", f"paths.output_dir={tmp_path}/half",
+                             "trainer.resume=auto"))
+    again = load_checkpoint(tmp_path / "half" / "checkpoints" / "last.pt")
+    assert resumed["condense_stage"] == 3
+    for k in masks:
+        assert torch.equal(again["model"][k], ckpt["model"][k])

@@ -1,0 +1,80 @@
+"""learnsparse-export on a real training checkpoint: files, round trips, report, errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from learnsparse import train
+from learnsparse.export import load
+
+from .cli_runner import run_cli
+from .test_cli_errors import assert_one_line_error
+
+
+@pytest.fixture(scope="module")
+def condensed_run(tmp_path_factory):
+    from learnsparse.config_dir import compose
+
+    from .conftest import TINY
+
+    out = tmp_path_factory.mktemp("cn")
+    train(compose([*TINY, "model=condensenet_mini", "sparsity=condensenet", "data.dataset.image_size=28",
+                   "data.in_channels=1", "trainer.epochs=2", f"paths.output_dir={out}"]))
+    return out
+
+
+def _export(run, *args):
+    return run_cli(f"checkpoint={run}/checkpoints/last.pt", "latency_rounds=3", "latency_batch=4", *args,
+                   tiny=False, entry="export_main")
+
+
+def test_export_writes_every_format_and_they_round_trip(condensed_run):
+    proc = _export(condensed_run, "formats=[pt,pt2,onnx]")
+    assert proc.returncode == 0, proc.stderr
+    out = condensed_run / "export"
+    assert "max |trained - exported|" in proc.stdout and "CondensedDenseBlock" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["exact"] and report["max_abs_diff"] <= 1e-5 * report["output_scale"]
+    assert report["macs_after"] < report["macs_before"] and report["params_after"] < report["params_before"]
+    assert report["layers"] and report["onnx_max_abs_diff"] < 1e-4
+
+    # condensed.pt: plain tensors only, rebuilt by learnsparse.export.load, same outputs as the trained model.
+    blob = torch.load(out / "condensed.pt", weights_only=True)
+    assert blob["format"] == "learnsparse.condensed"
+    from learnsparse.export.from_checkpoint import model_from_checkpoint
+    from learnsparse.engine.checkpoint_io import load_checkpoint
+
+    trained, _, shape = model_from_checkpoint(load_checkpoint(condensed_run / "checkpoints/last.pt"),
+                                              condensed_run / "checkpoints/last.pt")
+    deployed = load(out / "condensed.pt")
+    x = torch.randn(6, *shape)
+    with torch.no_grad():
+        expected = trained(x)
+        assert (deployed(x) - expected).abs().max() <= 1e-5 * expected.abs().max()
+    torch.save({"x": x, "y": expected}, out / "probe.pt")
+
+    # model.pt2 loads and runs in a process that never imports learnsparse, at another batch size.
+    code = (
+        "import sys, torch\n"
+        f"p = torch.export.load(r'{out / 'model.pt2'}').module()\n"
+        f"d = torch.load(r'{out / 'probe.pt'}')\n"
+        "y = p(d['x'])\n"
+        "assert 'learnsparse' not in sys.modules\n"
+        "print(float((y - d['y']).abs().max() / d['y'].abs().max()))\n")
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           cwd="/", env={"PATH": "/usr/bin:/bin"})
+    assert probe.returncode == 0, probe.stderr
+    assert float(probe.stdout.strip()) <= 1e-5
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ((), "checkpoint=<path"),
+    (("checkpoint=/no/such.pt",), "/no/such.pt"),
+    (("checkpoint=/no/such.pt", "formats=[pt,tflite]"), "tflite"),
+    (("checkpoint=x.pt", "colour=blue"), "colour"),
+])
+def test_bad_export_arguments_fail_with_one_line(args, fragment):
+    proc = run_cli(*args, tiny=False, entry="export_main")
+    assert_one_line_error(proc, fragment)

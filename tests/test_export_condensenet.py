@@ -1,0 +1,92 @@
+import copy
+
+import pytest
+import torch
+
+from learnsparse.export import ExportMismatchError, condense, condense_with_details, register_converter
+from learnsparse.export.measure import count_params, macs_by_module
+from learnsparse.models import create_model
+from learnsparse.nn import LearnedGroupConv
+from learnsparse.nn.condensed_dense_block import CondensedDenseBlock
+
+
+def _trained(name: str, stage: int | None = None, seed: int = 0, **kw):
+    """A model with random weights and BN statistics, condensed to `stage` (default: last)."""
+    torch.manual_seed(seed)
+    model = create_model(name, **kw).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+            if isinstance(m, LearnedGroupConv):
+                m.condense_to(m.max_stage if stage is None else stage)
+    return model
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_condensenet_export_equals_trained_at_every_stage(stage, batch):
+    model = _trained("condensenet_mini", stage, seed=stage, in_channels=1)
+    x = torch.randn(batch, 1, 28, 28)
+    result = condense_with_details(model, x)
+    assert any(isinstance(m, CondensedDenseBlock) for m in result.model.modules())
+    assert not any(isinstance(m, LearnedGroupConv) for m in result.model.modules())
+    with torch.no_grad():
+        a, b = model(x), result.model(x)
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    assert result.max_abs_diff <= 1e-5 * result.output_scale
+
+
+def test_export_leaves_the_trained_model_untouched():
+    model = _trained("condensenet_mini", in_channels=1)
+    before = copy.deepcopy(model.state_dict())
+    condense(model, torch.randn(2, 1, 28, 28))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_channels_last_input_gives_the_same_outputs():
+    model = _trained("condensenet_mini", in_channels=1)
+    x = torch.randn(3, 1, 28, 28)
+    exported = condense(model, x)
+    with torch.no_grad():
+        assert torch.allclose(exported(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name, size, num_classes, macs, params", [
+    ("condensenet86", 32, 10, 62_381_888, 520_202),
+    ("condensenet74_c4", 224, 1000, 517_672_576, 5_805_944),
+    ("condensenet74_c8", 224, 1000, 262_577_792, 3_967_416),
+])
+def test_exported_models_match_the_reference_structure(name, size, num_classes, macs, params):
+    model = _trained(name, num_classes=num_classes)
+    x = torch.randn(1, 3, size, size)
+    exported = condense(model, x)
+    assert macs_by_module(exported, x)[""] == macs
+    assert count_params(exported) == params
+
+
+def test_classifier_keep_reproduces_the_reference_lossy_export():
+    model = _trained("condensenet74_c4", num_classes=1000)
+    x = torch.randn(1, 3, 224, 224)
+    result = condense_with_details(model, x, classifier_keep=0.5)
+    assert count_params(result.model) == 5_805_944 - 1_032_000
+    assert not result.exact and result.max_abs_diff > 0
+
+
+class _Broken(torch.nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+@register_converter(_Broken)
+def _convert_broken(module):
+    return torch.nn.Identity()  # wrong on purpose
+
+
+def test_a_wrong_conversion_fails_loudly():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), _Broken())
+    with pytest.raises(ExportMismatchError, match="differs from the trained one"):
+        condense(model, torch.randn(2, 3, 8, 8))
