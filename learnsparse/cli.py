@@ -81,9 +81,9 @@ def export_main() -> None:
         print(export_main.__doc__)
         return
     try:
-        cfg = compose(args, config_name="export")
-        if cfg.checkpoint in (None, "???") or "checkpoint" not in {a.split("=")[0] for a in args}:
+        if "checkpoint" not in {a.split("=", 1)[0] for a in args}:
             raise UserError("learnsparse-export needs checkpoint=<path to a training checkpoint>")
+        cfg = compose(args, config_name="export")
     except UserError as e:
         _fail(str(e))
     except Exception as e:

@@ -1,8 +1,10 @@
+import json
+
 import pytest
 import torch
 
 from learnsparse import train
-from learnsparse.engine import Trainer
+from learnsparse.engine import NonFiniteLossError
 from learnsparse.engine.checkpoint_io import load_checkpoint
 from learnsparse.models import create_model
 from learnsparse.nn import LearnedGroupConv
@@ -52,18 +54,29 @@ def test_condensing_run_checkpoints_and_resumes_its_structure(tiny_cfg, tmp_path
     common = ["model=condensenet_mini", "sparsity=condensenet", "sparsity.condensenet.group_lasso=1e-4",
               "data.dataset.image_size=28", "data.in_channels=1"]
     metrics = train(tiny_cfg(*common, "trainer.epochs=2"))
-    assert metrics["condense_stage"] == 3 and "train_loss_reg_group_lasso" in metrics
+    assert metrics["condense_stage"] == 3
+    first_epoch = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first_epoch["train_loss_reg_group_lasso"] > 0  # logged as its own term until the last stage
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     masks = {k: v for k, v in ckpt["model"].items() if k.endswith(".mask")}
     assert masks and all(((m.sum(1) == m.shape[1] - 3 * (m.shape[1] // 4)).all()) for m in masks.values())
     assert ckpt["hooks"]["condensenet"]["stages"] == [3] * len(masks)
     assert ckpt["input_shape"] == [1, 28, 28]
 
-    # Resuming from the epoch-0 checkpoint of a 2-epoch run lands on the same structure.
-    train(tiny_cfg(*common, "trainer.epochs=1", f"paths.output_dir={tmp_path}/half"))
-    resumed = train(tiny_cfg(*common, "trainer.epochs=2", f"paths.output_dir={tmp_path}/half",
-                             "trainer.resume=auto"))
-    again = load_checkpoint(tmp_path / "half" / "checkpoints" / "last.pt")
-    assert resumed["condense_stage"] == 3
-    for k in masks:
-        assert torch.equal(again["model"][k], ckpt["model"][k])
+
+
+def test_crash_mid_condensing_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
+    # 4 steps per epoch, 16 in all: stages at steps 3, 6 and 8. The crash at step 5 leaves the
+    # epoch-0 checkpoint (stage 1); resuming must replay stages 2 and 3 exactly.
+    common = ["model=condensenet_mini", "sparsity=condensenet", "data.dataset.image_size=28", "data.in_channels=1",
+              "trainer.epochs=4"]
+    train(tiny_cfg(*common, f"paths.output_dir={tmp_path}/full"))
+    with pytest.raises(NonFiniteLossError):
+        train(tiny_cfg(*common, f"paths.output_dir={tmp_path}/crash", "+logger.nan._target_=tests.helpers.NaNAtStep",
+                       "+logger.nan.step=5"))
+    assert load_checkpoint(tmp_path / "crash/checkpoints/last.pt")["hooks"]["condensenet"]["stages"][0] == 1
+    train(tiny_cfg(*common, f"paths.output_dir={tmp_path}/crash", "trainer.resume=auto"))
+    a = load_checkpoint(tmp_path / "full/checkpoints/last.pt")["model"]
+    b = load_checkpoint(tmp_path / "crash/checkpoints/last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

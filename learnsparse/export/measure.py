@@ -1,11 +1,11 @@
 """Params, multiply-adds and latency of a model, and the per-layer rows of the report."""
 from __future__ import annotations
 
+import logging
 import statistics
 
 import torch
 import torch.nn as nn
-from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -33,6 +33,11 @@ def count_params(model: nn.Module) -> int:
 def interleaved_latency(models: dict[str, nn.Module], example: torch.Tensor, rounds: int = 20,
                         warmup: int = 2) -> dict[str, float]:
     """Median seconds per forward, models timed in turn each round so noise hits all alike."""
+    # torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on CPU-only
+    # machines; that says nothing about timing.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils.benchmark import Timer
+
     for _ in range(warmup):
         for m in models.values():
             m(example)
