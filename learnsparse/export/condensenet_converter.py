@@ -7,6 +7,7 @@ import torch.nn as nn
 from learnsparse.models.condensenet import DenseBlock, DenseLayer
 from learnsparse.nn.condensed_dense_block import CondensedDenseBlock, CondensedDenseLayer
 from learnsparse.nn.deployed import IndexSelectGroupConv
+from learnsparse.nn.learned_group_conv import LearnedGroupConv
 
 from .registry import register_converter
 
@@ -36,5 +37,7 @@ def convert_dense_layer(layer: DenseLayer) -> CondensedDenseLayer:
 
 
 @register_converter(DenseBlock)
-def convert_dense_block(block: DenseBlock) -> CondensedDenseBlock:
+def convert_dense_block(block: DenseBlock) -> CondensedDenseBlock | None:
+    if not all(isinstance(layer.conv1, LearnedGroupConv) for layer in block):
+        return None  # a baseline variant (fixed or dense 1x1): already deployable as it is
     return CondensedDenseBlock([convert_dense_layer(layer) for layer in block], block.in_channels)

@@ -44,5 +44,6 @@ def interleaved_latency(models: dict[str, nn.Module], example: torch.Tensor, rou
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
         for k, m in models.items():
-            times[k].append(Timer("m(x)", globals={"m": m, "x": example}).timeit(1).mean)
+            times[k].append(Timer("m(x)", globals={"m": m, "x": example},
+                                  num_threads=torch.get_num_threads()).timeit(1).mean)
     return {k: statistics.median(v) for k, v in times.items()}

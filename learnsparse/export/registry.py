@@ -24,15 +24,16 @@ def converter_for(module: nn.Module):
 
 def convert_modules(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
     """Replace, in place and top-down, every module that has a converter. A converted module's
-    children are not visited: the converter owns all of it. Returns (name, old, new) rows."""
+    children are not visited: the converter owns all of it. A converter returns None when the
+    module has nothing it converts; its children are then visited. Returns (name, old, new) rows."""
     rows = []
 
     def visit(parent: nn.Module, prefix: str) -> None:
         for name, child in list(parent.named_children()):
             full = f"{prefix}.{name}" if prefix else name
             fn = converter_for(child)
-            if fn is not None:
-                new = fn(child)
+            new = fn(child) if fn is not None else None
+            if new is not None:
                 setattr(parent, name, new)
                 rows.append((full, child, new))
             else:

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from learnsparse.nn import LearnedGroupConv
+from learnsparse.nn import ChannelShuffle, LearnedGroupConv
 
 from .registry import register_model
 
@@ -28,6 +28,10 @@ class CondenseNetSpec:
     condense_factor: int = 4
     dropout: float = 0.0
     init_stride: int = 1
+    # The 1x1 conv of each dense layer: "learned" (CondenseNet), or the baselines it is compared
+    # with at equal multiply-adds: "fixed" groups, "fixed_shuffle" (groups + channel shuffle,
+    # as in ShuffleNet), "dense" (an ungrouped 1x1 with the bottleneck narrowed by C).
+    conv1: str = "learned"
 
 
 class DenseLayer(nn.Module):
@@ -35,10 +39,22 @@ class DenseLayer(nn.Module):
         super().__init__()
         mid = spec.bottleneck * growth
         self.norm1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = LearnedGroupConv(in_channels, mid, 1, groups=spec.groups_1x1,
-                                      condense_factor=spec.condense_factor, dropout=spec.dropout)
+        if spec.conv1 == "learned":
+            self.conv1 = LearnedGroupConv(in_channels, mid, 1, groups=spec.groups_1x1,
+                                          condense_factor=spec.condense_factor, dropout=spec.dropout)
+        elif spec.conv1 in ("fixed", "fixed_shuffle"):
+            conv = nn.Conv2d(in_channels, mid, 1, groups=spec.groups_1x1, bias=False)
+            self.conv1 = nn.Sequential(conv, ChannelShuffle(spec.groups_1x1)) if spec.conv1 == "fixed_shuffle" else conv
+        elif spec.conv1 == "dense":
+            mid //= spec.condense_factor
+            self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
+        else:
+            raise ValueError(f"CondenseNet: conv1 must be learned, fixed, fixed_shuffle or dense, got {spec.conv1!r}")
         self.norm2 = nn.BatchNorm2d(mid)
-        self.conv2 = nn.Conv2d(mid, growth, 3, padding=1, groups=spec.groups_3x3, bias=False)
+        # The narrowed dense variant's 3x3 conv is ungrouped: mid/C inputs for all filters costs
+        # what the grouped one costs on mid inputs when C = groups_3x3.
+        groups_3x3 = 1 if spec.conv1 == "dense" else spec.groups_3x3
+        self.conv2 = nn.Conv2d(mid, growth, 3, padding=1, groups=groups_3x3, bias=False)
 
     def forward(self, x):
         y = self.conv1(F.relu(self.norm1(x)))
@@ -142,7 +158,29 @@ def condensenet74_c8(num_classes: int = 1000, in_channels: int = 3) -> nn.Module
     return _build(_imagenet(8), num_classes, in_channels)
 
 
+def _mini(conv1: str) -> CondenseNetSpec:
+    return CondenseNetSpec(stages=(4, 4, 4), growth=(8, 16, 32), init_stride=2, conv1=conv1)
+
+
 @register_model
 def condensenet_mini(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """A small CondenseNet for 28x28 inputs (Fashion-MNIST): a stride-2 stem, 3 blocks of 4 layers."""
-    return _build(CondenseNetSpec(stages=(4, 4, 4), growth=(8, 16, 32), init_stride=2), num_classes, in_channels)
+    return _build(_mini("learned"), num_classes, in_channels)
+
+
+@register_model
+def condensenet_mini_fixed(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """condensenet_mini with fixed 1x1 groups: the exported learned model's multiply-adds."""
+    return _build(_mini("fixed"), num_classes, in_channels)
+
+
+@register_model
+def condensenet_mini_shuffle(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """condensenet_mini with fixed 1x1 groups and a channel shuffle after them."""
+    return _build(_mini("fixed_shuffle"), num_classes, in_channels)
+
+
+@register_model
+def condensenet_mini_dense(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """condensenet_mini with ungrouped 1x1 convs, bottleneck narrowed by C to match their MACs."""
+    return _build(_mini("dense"), num_classes, in_channels)
