@@ -39,7 +39,7 @@ class CondensingSchedule(HookBase):
         self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LearnedGroupConv)]
         if not self.layers:
             raise ValueError("sparsity=condensenet needs a model with LearnedGroupConv layers "
-                             "(a condensenet* model, or learnsparse.sparsify(model, method='lgc'))")
+                             "(model=condensenet50 … condensenet182, condensenet74_c4/_c8, condensenet_mini)")
         self.condense_fraction = condense_fraction
         self.group_lasso = group_lasso
         self.log_images = log_images
