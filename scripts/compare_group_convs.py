@@ -45,14 +45,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--train-subset", type=int, default=30000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", choices=range(len(VARIANTS)), type=int, default=list(range(len(VARIANTS))),
+                    help="which rows to run (0 learned, 1 fixed, 2 fixed + shuffle, 3 dense)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for label, (model, sparsity) in VARIANTS.items():
+    for i, (label, (model, sparsity)) in enumerate(VARIANTS.items()):
+        if i not in args.variants:
+            continue
         accs = []
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as out:
-                cfg = compose(["experiment=quickstart", f"model={model}", f"sparsity={sparsity}", f"seed={seed}",
+                cfg = compose(["experiment=quickstart", f"model.name={model}", f"sparsity={sparsity}", f"seed={seed}",
                                f"trainer.epochs={args.epochs}", f"data.dataset.train_subset={args.train_subset}",
                                "logger=none", f"paths.output_dir={out}"])
                 accs.append(train(cfg)["val_top1"])

@@ -104,8 +104,6 @@ def _train(cfg: DictConfig, dist_env: DistEnv) -> dict:
                       loader_generator=generator, unwrapped_model=model)
     trainer.model_stats = stats
     trainer.input_shape = list(example.shape[1:])
-    trainer.output_dir = output_dir
-    trainer.is_main = dist_env.is_main
     resolved = OmegaConf.to_container(cfg, resolve=True)
     hooks = [ProgressBarHook(enabled=None if dist_env.is_main else False), *plugins, TrainStatsHook(),
              EvalHook(val_loader), CheckpointHook(str(output_dir / "checkpoints"), resolved, dist_env.is_main)]
@@ -133,5 +131,4 @@ def _train(cfg: DictConfig, dist_env: DistEnv) -> dict:
     trainer.train()
     final = dict(trainer.history[-1]) if trainer.history else {}
     final.update(output_dir=str(output_dir), params=stats["params"], flops=stats["flops"])
-    trainer.final_model = model
     return final
