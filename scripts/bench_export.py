@@ -68,7 +68,6 @@ def main() -> None:
         "masked, channels_last": copy.deepcopy(trained).to(memory_format=torch.channels_last),
         "per-layer conversion": straightforward_conversion(trained),
         "learnsparse export": exported,
-        "export, BN folded": condense(trained, example, fold_batchnorm=True),
     }
     one = example[:1]
     print(f"{args.model}: params {count_params(trained):,} → {count_params(exported):,}; "

@@ -90,38 +90,3 @@ def test_a_wrong_conversion_fails_loudly():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), _Broken())
     with pytest.raises(ExportMismatchError, match="differs from the trained one"):
         condense(model, torch.randn(2, 3, 8, 8))
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_folded_batchnorm_is_exact_for_any_sign_of_scale(seed):
-    model = _trained("condensenet_mini", seed=seed, in_channels=1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(-1.5, 1.5)
-                m.weight[::5] = 0.0  # dead channels: the constant relu(β)
-    x = torch.randn(4, 1, 28, 28)
-    plain = condense(model, x)
-    folded = condense(model, x, fold_batchnorm=True)
-    assert macs_by_module(folded, x[:1])[""] == macs_by_module(plain, x[:1])[""]
-    assert count_params(folded) < count_params(plain)
-    with torch.no_grad():
-        a = model(x)
-        assert (folded(x) - a).abs().max() <= 1e-5 * a.abs().max()
-
-
-def test_folded_export_round_trips_through_pt2_onnx_and_condensed_pt(tmp_path):
-    from learnsparse.export.artifacts import load, save_condensed, save_onnx, save_pt2
-
-    model = _trained("condensenet_mini", in_channels=1)
-    x = torch.randn(3, 1, 28, 28)
-    folded = condense(model, x, fold_batchnorm=True)
-    save_condensed(tmp_path / "c.pt", folded, model, {"name": "condensenet_mini", "num_classes": 10, "in_channels": 1},
-                   [1, 28, 28], fold_batchnorm=True)
-    program = save_pt2(tmp_path / "m.pt2", folded, x)
-    assert save_onnx(tmp_path / "m.onnx", folded, x) < 1e-4
-    with torch.no_grad():
-        expected = model(x)
-        for out in (load(tmp_path / "c.pt")(x), torch.export.load(str(tmp_path / "m.pt2")).module()(x),
-                    program.module()(x)):
-            assert (out - expected).abs().max() <= 1e-5 * expected.abs().max()

@@ -20,7 +20,7 @@ from learnsparse.errors import UserError
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
 
 from .classifier import prune_classifier_inputs
-from .condense import _last_linear, _set_submodule, fold_batchnorms
+from .condense import _last_linear, _set_submodule
 from .registry import convert_modules
 
 FORMAT = "learnsparse.condensed"
@@ -33,10 +33,10 @@ def structure_of(trained: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def save_condensed(path: Path, deployed: nn.Module, trained: nn.Module, model_spec: dict, input_shape: list[int],
-                   classifier_keep: float | None = None, fold_batchnorm: bool = False) -> None:
+                   classifier_keep: float | None = None) -> None:
     save_atomic({
         "format": FORMAT, "version": VERSION, "model": dict(model_spec), "input_shape": list(input_shape),
-        "structure": structure_of(trained), "classifier_keep": classifier_keep, "fold_batchnorm": fold_batchnorm,
+        "structure": structure_of(trained), "classifier_keep": classifier_keep,
         "state_dict": {k: v.detach().cpu() for k, v in deployed.state_dict().items()},
     }, path)
 
@@ -60,8 +60,6 @@ def load(path: str | Path, map_location="cpu") -> nn.Module:
             modules[name].mask.copy_(st["mask"])
             modules[name].stage.copy_(st["stage"])
         convert_modules(model)
-        if blob.get("fold_batchnorm"):
-            fold_batchnorms(model)
         if blob.get("classifier_keep"):
             name, linear = _last_linear(model)
             _set_submodule(model, name, prune_classifier_inputs(linear, blob["classifier_keep"]))

@@ -8,8 +8,6 @@ import torch
 import torch.nn as nn
 
 from . import condensenet_converter, lgc_converter  # noqa: F401  (registers converters)
-from learnsparse.nn.condensed_dense_block import CondensedDenseLayer
-
 from .classifier import prune_classifier_inputs
 from .registry import convert_modules
 from .verify import check_equivalent, max_difference, verification_inputs
@@ -24,24 +22,12 @@ class ExportResult:
     exact: bool = True
 
 
-def fold_batchnorms(model: nn.Module) -> int:
-    """Fold what BatchNorm can be folded exactly in deployed layers; returns how many were.
-    Parameters disappear (the BatchNorm's), so the parameter count drops below the trained
-    structure's; multiply-adds are unchanged."""
-    layers = [m for m in model.modules() if isinstance(m, CondensedDenseLayer) and m.norm1 is not None]
-    for layer in layers:
-        layer.fold_norm1()
-    return len(layers)
-
-
 def condense_with_details(model: nn.Module, example_inputs: torch.Tensor, *, classifier_keep: float | None = None,
-                          fold_batchnorm: bool = False, rtol: float = 1e-5) -> ExportResult:
+                          rtol: float = 1e-5) -> ExportResult:
     trained = model.eval()
     exported = copy.deepcopy(trained).eval()
     with torch.no_grad():
         rows = convert_modules(exported)
-        if fold_batchnorm:
-            fold_batchnorms(exported)
         if classifier_keep is not None and classifier_keep < 1:
             name, linear = _last_linear(exported)
             _set_submodule(exported, name, prune_classifier_inputs(linear, classifier_keep))
@@ -58,13 +44,11 @@ def condense_with_details(model: nn.Module, example_inputs: torch.Tensor, *, cla
 
 
 def condense(model: nn.Module, example_inputs: torch.Tensor, *, classifier_keep: float | None = None,
-             fold_batchnorm: bool = False, rtol: float = 1e-5) -> nn.Module:
+             rtol: float = 1e-5) -> nn.Module:
     """The deployed form of a trained model, proven equal to it on the example and on random
     inputs (max |Δ| ≤ rtol × output scale) unless a lossy option was asked for. The trained
-    model is left as it was (switched to eval mode). `fold_batchnorm` folds BatchNorm into the
-    deployed layers where that is exact (faster, fewer parameters)."""
-    return condense_with_details(model, example_inputs, classifier_keep=classifier_keep,
-                                 fold_batchnorm=fold_batchnorm, rtol=rtol).model
+    model is left as it was (switched to eval mode)."""
+    return condense_with_details(model, example_inputs, classifier_keep=classifier_keep, rtol=rtol).model
 
 
 def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:

@@ -50,8 +50,7 @@ def export_checkpoint(cfg) -> dict:
     g = torch.Generator().manual_seed(0)
     example = torch.randn((int(cfg.verify_batch), *input_shape), generator=g)
 
-    result = condense_with_details(trained, example, classifier_keep=cfg.classifier_keep,
-                                   fold_batchnorm=bool(cfg.fold_batchnorm), rtol=float(cfg.rtol))
+    result = condense_with_details(trained, example, classifier_keep=cfg.classifier_keep, rtol=float(cfg.rtol))
     report = build_report(trained, result, example, latency_rounds=int(cfg.latency_rounds),
                           latency_batch=int(cfg.latency_batch))
     report.update(checkpoint=str(path), model=spec["name"], input_shape=input_shape)
@@ -60,8 +59,7 @@ def export_checkpoint(cfg) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     if "pt" in formats:
-        save_condensed(out / "condensed.pt", result.model, trained, spec, input_shape, cfg.classifier_keep,
-                       bool(cfg.fold_batchnorm))
+        save_condensed(out / "condensed.pt", result.model, trained, spec, input_shape, cfg.classifier_keep)
         files["pt"] = str(out / "condensed.pt")
     if "pt2" in formats:
         save_pt2(out / "model.pt2", result.model, example)

@@ -33,40 +33,8 @@ class CondensedDenseLayer(nn.Module):
         self.groups, self.group_out, self.group_in = weight1.shape
         self.growth = conv2.out_channels
 
-    @torch.no_grad()
-    def fold_norm1(self) -> None:
-        """Replace BN → ReLU before the 1x1 conv by one per-channel clamp (exact).
-
-        With s = γ/√(σ²+ε) and t = β − μ·s, relu(s·x + t) = s·clamp(x, lo, hi) + t where
-        [lo, hi] = [−t/s, ∞) for s > 0 and (−∞, −t/s] for s < 0. The factor s goes into the 1x1
-        weights; the constant t, through the 1x1 conv (no padding, so exact everywhere), becomes
-        a per-output shift that the second BatchNorm absorbs into its running mean. Two passes
-        over the largest tensor of the layer (BN, ReLU) become one clamp in place."""
-        bn = self.norm1
-        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        t = bn.bias - bn.running_mean * s
-        edge = -t / s
-        # A vanishing scale would put the edge at ±inf: such a channel is the constant relu(t).
-        dead = ~torch.isfinite(edge) | (s == 0)
-        s = torch.where(dead, torch.zeros_like(s), s)
-        const = torch.where(dead, t.clamp_min(0), t)
-        inf = torch.full_like(s, float("inf"))
-        lo = torch.where(dead, torch.zeros_like(s), torch.where(s > 0, edge, -inf))
-        hi = torch.where(dead, torch.zeros_like(s), torch.where(s > 0, inf, edge))
-        g, cg, cin = self.weight1.shape
-        shift = torch.einsum("gkc,gc->gk", self.weight1, const.view(g, cin)).reshape(-1)
-        self.weight1.mul_(s.view(g, 1, cin))
-        self.norm2.running_mean.sub_(shift)
-        self.register_buffer("lo", lo.view(1, -1, 1, 1))
-        self.register_buffer("hi", hi.view(1, -1, 1, 1))
-        self.norm1 = None
-
     def new_features(self, buffer: torch.Tensor) -> torch.Tensor:
-        x = buffer.index_select(1, self.index)
-        if self.norm1 is None:
-            x = x.clamp_(self.lo, self.hi)  # BN + ReLU, folded (see fold_norm1)
-        else:
-            x = F.relu(self.norm1(x), inplace=True)
+        x = F.relu(self.norm1(buffer.index_select(1, self.index)), inplace=True)
         b, _, h, w = x.shape
         g, cg = self.groups, self.group_out
         y = torch.matmul(self.weight1, x.view(b, g, self.group_in, h * w))  # [B, G, out/G, HW]
