@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from learnsparse.engine.model_stats import count_params  # noqa: F401  (re-exported for the report)
+
 
 @torch.no_grad()
 def macs_by_module(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
@@ -23,10 +25,6 @@ def macs_by_module(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
             out[key[len(root) + 1:]] = sum(ops.values()) // 2
     out.setdefault("", 0)
     return out
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @torch.no_grad()
