@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learnsparse.errors import UserError
+from learnsparse.errors import UserError, first_line
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
@@ -38,15 +38,19 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
         os.close(dir_fd)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+def read_weights_only(path: str | os.PathLike, what: str, map_location="cpu"):
+    """torch.load with weights_only=True; a missing, torn or foreign file is one UserError line."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many kinds for a torn or foreign file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} is unreadable or truncated ({first[:160]})") from e
+        raise UserError(f"{what} {path} is unreadable or truncated ({first_line(e)})") from e
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    ckpt = read_weights_only(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"checkpoint {path} is not a learnsparse checkpoint (no 'model' entry)")
     return ckpt

@@ -11,8 +11,9 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def count_flops(model: nn.Module, example: torch.Tensor) -> int:
-    """FLOPs of one forward pass (a multiply-add counts as 2), in eval mode."""
+def flops_by_module(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """FLOPs of one forward pass in eval mode (a multiply-add counts as 2), per module path
+    relative to `model`; '' is the whole model."""
     was_training = model.training
     model.eval()
     try:
@@ -20,7 +21,16 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
             model(example)
     finally:
         model.train(was_training)
-    return counter.get_total_flops()
+    root = type(model).__name__ + "."
+    out = {"": counter.get_total_flops()}
+    for key, ops in counter.get_flop_counts().items():
+        if key.startswith(root):
+            out[key[len(root):]] = sum(ops.values())
+    return out
+
+
+def count_flops(model: nn.Module, example: torch.Tensor) -> int:
+    return flops_by_module(model, example)[""]
 
 
 def model_stats(model: nn.Module, example: torch.Tensor) -> dict[str, float]:

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from learnsparse.errors import UserError
+from learnsparse.errors import UserError, first_line
 
 from .checkpoint_io import load_checkpoint, set_rng_state
 from .config_checks import check_config
@@ -37,8 +37,7 @@ def _instantiate(node, what: str, **kwargs):
             cause = cause.__cause__
         if isinstance(cause, UserError):
             raise cause from e
-        msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise UserError(f"cannot build {what}: {msg}") from e
+        raise UserError(f"cannot build {what}: {first_line(cause, limit=None)}") from e
 
 
 def build_plugins(cfg: DictConfig, model: torch.nn.Module) -> list:
@@ -120,7 +119,7 @@ def _train(cfg: DictConfig, dist_env: DistEnv) -> dict:
         try:
             trainer.load_state_dict(ckpt)
         except (RuntimeError, KeyError, ValueError) as e:
-            raise UserError(f"checkpoint {resume_from} does not fit this config ({str(e).splitlines()[0][:160]})") from e
+            raise UserError(f"checkpoint {resume_from} does not fit this config ({first_line(e)})") from e
         set_rng_state({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ckpt["rng"].items()})
         log.info("resumed from %s at epoch %d (step %d)", resume_from, trainer.start_epoch, trainer.iter)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.checkpoint_io import save_atomic
+from learnsparse.engine.checkpoint_io import read_weights_only, save_atomic
 from learnsparse.errors import UserError
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
 
@@ -45,12 +45,7 @@ def load(path: str | Path, map_location="cpu") -> nn.Module:
     """Rebuild a deployed model from `condensed.pt` (no code is unpickled)."""
     from learnsparse.models import create_model
 
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except Exception as e:
-        raise UserError(f"{path} is unreadable or truncated ({str(e).splitlines()[0][:160]})") from e
+    blob = read_weights_only(path, "condensed model")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"{path} is not a learnsparse condensed model")
     model = create_model(**blob["model"]).eval()

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from learnsparse.engine.checkpoint_io import load_checkpoint, save_atomic
-from learnsparse.errors import UserError
+from learnsparse.errors import UserError, first_line
 from learnsparse.models import create_model
 
 from .artifacts import save_condensed, save_onnx, save_pt2
@@ -30,7 +30,7 @@ def model_from_checkpoint(ckpt: dict, path: Path) -> tuple[torch.nn.Module, dict
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise UserError(f"checkpoint {path} does not fit model {spec['name']} ({str(e).splitlines()[0][:160]})") from e
+        raise UserError(f"checkpoint {path} does not fit model {spec['name']} ({first_line(e)})") from e
     input_shape = ckpt.get("input_shape")
     if not input_shape:
         raise UserError(f"checkpoint {path} does not record the input shape")

@@ -6,25 +6,13 @@ import statistics
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from learnsparse.engine.model_stats import count_params  # noqa: F401  (re-exported for the report)
+from learnsparse.engine.model_stats import count_params, flops_by_module  # noqa: F401  (count_params: for the report)
 
 
-@torch.no_grad()
 def macs_by_module(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """Multiply-adds (conv, linear, matmul) per module path; '' is the whole model."""
-    with FlopCounterMode(display=False) as counter:
-        model(example)
-    root = type(model).__name__
-    out = {}
-    for key, ops in counter.get_flop_counts().items():
-        if key == "Global":
-            out[""] = sum(ops.values()) // 2
-        elif key.startswith(root + "."):
-            out[key[len(root) + 1:]] = sum(ops.values()) // 2
-    out.setdefault("", 0)
-    return out
+    return {name: flops // 2 for name, flops in flops_by_module(model, example).items()}
 
 
 @torch.no_grad()
