@@ -20,8 +20,9 @@ from learnsparse.errors import UserError
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
 
 from .classifier import prune_classifier_inputs
-from .condense import _last_linear, _set_submodule
+from .condense import _last_linear
 from .registry import convert_modules
+from .structure.passes import replay
 
 FORMAT = "learnsparse.condensed"
 VERSION = 1
@@ -33,10 +34,11 @@ def structure_of(trained: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def save_condensed(path: Path, deployed: nn.Module, trained: nn.Module, model_spec: dict, input_shape: list[int],
-                   classifier_keep: float | None = None) -> None:
+                   classifier_keep: float | None = None, structure_edits: dict | None = None) -> None:
     save_atomic({
         "format": FORMAT, "version": VERSION, "model": dict(model_spec), "input_shape": list(input_shape),
-        "structure": structure_of(trained), "classifier_keep": classifier_keep,
+        "structure": structure_of(trained), "structure_edits": structure_edits or {},
+        "classifier_keep": classifier_keep,
         "state_dict": {k: v.detach().cpu() for k, v in deployed.state_dict().items()},
     }, path)
 
@@ -55,9 +57,11 @@ def load(path: str | Path, map_location="cpu") -> nn.Module:
             modules[name].mask.copy_(st["mask"])
             modules[name].stage.copy_(st["stage"])
         convert_modules(model)
+    replay(model, blob.get("structure_edits") or {}, torch.zeros(1, *blob["input_shape"]))
+    with torch.no_grad():
         if blob.get("classifier_keep"):
             name, linear = _last_linear(model)
-            _set_submodule(model, name, prune_classifier_inputs(linear, blob["classifier_keep"]))
+            model.set_submodule(name, prune_classifier_inputs(linear, blob["classifier_keep"]))
     model.load_state_dict(blob["state_dict"])
     return model.to(map_location).eval()
 

@@ -10,6 +10,7 @@ import torch.nn as nn
 from . import condensenet_converter, lgc_converter  # noqa: F401  (registers converters)
 from .classifier import prune_classifier_inputs
 from .registry import convert_modules
+from .structure.passes import remove_structure
 from .verify import check_equivalent, max_difference, verification_inputs
 
 
@@ -20,6 +21,7 @@ class ExportResult:
     max_abs_diff: float = 0.0
     output_scale: float = 0.0
     exact: bool = True
+    structure: dict = field(default_factory=dict)  # what the structure passes did (replayed by `load`)
 
 
 def condense_with_details(model: nn.Module, example_inputs: torch.Tensor, *, classifier_keep: float | None = None,
@@ -28,19 +30,22 @@ def condense_with_details(model: nn.Module, example_inputs: torch.Tensor, *, cla
     exported = copy.deepcopy(trained).eval()
     with torch.no_grad():
         rows = convert_modules(exported)
+    converted = [(n, type(old).__name__, type(new).__name__) for n, old, new in rows]
+    structure_rows, structure = remove_structure(exported, example_inputs[:1])
+    converted += structure_rows
+    with torch.no_grad():
         if classifier_keep is not None and classifier_keep < 1:
             name, linear = _last_linear(exported)
-            _set_submodule(exported, name, prune_classifier_inputs(linear, classifier_keep))
-            rows.append((name, linear, None))
+            exported.set_submodule(name, prune_classifier_inputs(linear, classifier_keep))
+            converted.append((name, type(linear).__name__, "IndexSelectLinear"))
+    exported.eval()
     inputs = verification_inputs(example_inputs)
-    converted = [(n, type(old).__name__, type(new).__name__ if new is not None else "IndexSelectLinear")
-                 for n, old, new in rows]
     if classifier_keep is not None and classifier_keep < 1:
         # Lossy by request: measured and reported, not required to match.
         diff, scale = max_difference(trained, exported, inputs)
-        return ExportResult(exported, converted, diff, scale, exact=False)
+        return ExportResult(exported, converted, diff, scale, exact=False, structure=structure)
     diff, scale = check_equivalent(trained, exported, inputs, rtol)
-    return ExportResult(exported, converted, diff, scale)
+    return ExportResult(exported, converted, diff, scale, structure=structure)
 
 
 def condense(model: nn.Module, example_inputs: torch.Tensor, *, classifier_keep: float | None = None,
@@ -57,7 +62,3 @@ def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
         raise ValueError("classifier_keep needs a model with a final nn.Linear")
     return linears[-1]
 
-
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)

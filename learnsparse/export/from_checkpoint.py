@@ -59,7 +59,8 @@ def export_checkpoint(cfg) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     if "pt" in formats:
-        save_condensed(out / "condensed.pt", result.model, trained, spec, input_shape, cfg.classifier_keep)
+        save_condensed(out / "condensed.pt", result.model, trained, spec, input_shape, cfg.classifier_keep,
+                       result.structure)
         files["pt"] = str(out / "condensed.pt")
     if "pt2" in formats:
         save_pt2(out / "model.pt2", result.model, example)
