@@ -3,7 +3,7 @@ smaller, faster network."""
 from .errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["UserError", "train", "__version__"]
+__all__ = ["UserError", "sparsify", "train", "__version__"]
 
 
 # `learnsparse.train` is this function; the training machinery lives in `learnsparse.engine`
@@ -13,3 +13,12 @@ def train(cfg):
     from .engine.run import train as _train  # keep `import learnsparse` light
 
     return _train(cfg)
+
+
+def sparsify(model, method: str = "flgc", groups: int = 4, condense_factor: int = 4, include=None, exclude=None,
+             balanced: bool = False, temperature: float = 1.0):
+    """Replace matching convs of any model with learned-grouping layers ("lgc" or "flgc");
+    see `learnsparse.learned_grouping.sparsify`."""
+    from .learned_grouping import sparsify as _sparsify
+
+    return _sparsify(model, method, groups, condense_factor, include, exclude, balanced, temperature)

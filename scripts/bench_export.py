@@ -7,6 +7,13 @@ layout (the best a user could do without exporting) and the straightforward conv
 the reference CondenseNet converter builds.
 
     python scripts/bench_export.py [--model condensenet86] [--batches 64 1] [--rounds 21]
+
+With --flgc-groups G, any registry model gets FLGC layers (`learnsparse.sparsify`, random
+frozen assignments, --balanced for equal groups) on the convs matching --flgc-include, and
+the export is compared with that masked model, e.g. ResNet-18 at 32x32 and at 224x224:
+
+    python scripts/bench_export.py --model tv_resnet18 --flgc-groups 4 --size 32 --batches 64
+    python scripts/bench_export.py --model tv_resnet18 --flgc-groups 4 --size 224 --batches 8
 """
 from __future__ import annotations
 
@@ -20,7 +27,9 @@ from learnsparse.export.measure import count_params, interleaved_latency, macs_b
 from learnsparse.export.registry import convert_modules, converter_for
 from learnsparse.models import create_model
 from learnsparse.models.condensenet import DenseBlock
+from learnsparse.learned_grouping import sparsify
 from learnsparse.nn import LearnedGroupConv
+from learnsparse.nn.flgc import FLGConv
 
 INPUT = {"condensenet_mini": (1, 28), "condensenet74_c4": (3, 224), "condensenet74_c8": (3, 224)}
 
@@ -40,6 +49,24 @@ def trained_model(name: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def flgc_model(name: str, groups: int, include: list[str], balanced: bool, in_channels: int,
+               seed: int = 0) -> torch.nn.Module:
+    """A model whose matching convs are FLGConv with random (frozen) assignments."""
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=10, in_channels=in_channels).eval()
+    sparsify(model, "flgc", groups=groups, include=include, balanced=balanced)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+            if isinstance(m, FLGConv):
+                m.in_logits.normal_(0, 1)
+                m.out_logits.normal_(0, 1)
+                m.freeze()
+    return model
+
+
 def straightforward_conversion(model: torch.nn.Module) -> torch.nn.Module:
     """Per-layer conversion only (no dense-block rewrite): the reference's structure."""
     plain = copy.deepcopy(model)
@@ -56,22 +83,39 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 1])
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--flgc-groups", type=int, default=0, help="benchmark FLGC with this many groups instead")
+    ap.add_argument("--flgc-include", nargs="+", default=["layer*.conv*"])
+    ap.add_argument("--balanced", action="store_true")
+    ap.add_argument("--size", type=int, default=None, help="input height and width (default: the model's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     channels, size = INPUT.get(args.model, (3, 32))
-    trained = trained_model(args.model)
+    size = args.size or size
     example = torch.randn(2, channels, size, size)
-    exported = condense(trained, example)
-    variants = {
-        "masked (trained)": trained,
-        "masked, channels_last": copy.deepcopy(trained).to(memory_format=torch.channels_last),
-        "per-layer conversion": straightforward_conversion(trained),
-        "learnsparse export": exported,
-    }
+    if args.flgc_groups:
+        trained = flgc_model(args.model, args.flgc_groups, args.flgc_include, args.balanced, channels)
+        exported = condense(trained, example)
+        variants = {
+            "masked (trained)": trained,
+            "masked, channels_last": copy.deepcopy(trained).to(memory_format=torch.channels_last),
+            "learnsparse export": exported,
+            "export, channels_last": copy.deepcopy(exported).to(memory_format=torch.channels_last),
+        }
+    else:
+        trained = trained_model(args.model)
+        exported = condense(trained, example)
+        variants = {
+            "masked (trained)": trained,
+            "masked, channels_last": copy.deepcopy(trained).to(memory_format=torch.channels_last),
+            "per-layer conversion": straightforward_conversion(trained),
+            "learnsparse export": exported,
+        }
     one = example[:1]
-    print(f"{args.model}: params {count_params(trained):,} → {count_params(exported):,}; "
-          f"MACs/image {macs_by_module(trained, one)['']:,} → {macs_by_module(exported, one)['']:,}")
+    macs_before, macs_after = macs_by_module(trained, one)[""], macs_by_module(exported, one)[""]
+    print(f"{args.model}{f' + FLGC G={args.flgc_groups}' if args.flgc_groups else ''} at {size}x{size}: "
+          f"params {count_params(trained):,} → {count_params(exported):,}; "
+          f"MACs/image {macs_before:,} → {macs_after:,} ({macs_before / macs_after:.2f}x fewer)")
     print(f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds, median")
     for batch in args.batches:
         x = torch.randn(batch, channels, size, size)
@@ -84,6 +128,8 @@ def main() -> None:
         print(f"{'model':<26}{'ms':>10}{'images/s':>12}{'vs masked':>12}")
         for k, t in lat.items():
             print(f"{k:<26}{t * 1e3:>10.2f}{batch / t:>12.1f}{base / t:>11.2f}x")
+        speedup = base / lat["learnsparse export"]
+        print(f"export speedup / MAC reduction = {speedup / (macs_before / macs_after):.2f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from learnsparse.export.structure.dead_branches import RESIDUAL_BLOCKS, residual_branch_modules
+from learnsparse.models.residual_blocks import RESIDUAL_BLOCKS, residual_blocks
 
 
 def _following_bn(model: nn.Module) -> dict[nn.Module, nn.BatchNorm2d]:
@@ -57,7 +57,7 @@ def place_structured_zeros(model: nn.Module, seed: int, frac: float = 0.25, bran
                     w[:, fibres] = 0
         elif isinstance(m, nn.Linear):
             m.weight[:, pick(m.weight.shape[1], frac)] = 0
-    for _, block in residual_branch_modules(model):
+    for _, block in residual_blocks(model):
         if bool(pick(1, branches)):
             kind = RESIDUAL_BLOCKS[type(block)]
             kind.last_conv(block).weight.zero_()

@@ -25,9 +25,14 @@ def assert_one_line_error(proc, *fragments):
     ("model.num_classes=5", ["num_classes=5", "10 classes"]),
     ("model.name=resnet2", ["unknown model 'resnet2'"]),
     ("trainer.resume=/no/such/file.pt", ["/no/such/file.pt"]),
+    ("trainer.init_from=/no/such/dense.pt", ["/no/such/dense.pt"]),
+    ("sparsity=group_lasso sparsity.group_lasso.mode=newton", ["mode", "newton"]),
+    ("sparsity=group_lasso sparsity.group_lasso.kinds=[rows]", ["rows"]),
+    ("sparsity=threshold sparsity.threshold.rule=median", ["rule", "median"]),
+    ("sparsity=ssl_depth", ["ssl_depth", "residual"]),
 ])
 def test_bad_values_fail_with_one_line(tmp_path, override, fragments):
-    proc = run_cli(override, f"paths.log_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run")
+    proc = run_cli(*override.split(), f"paths.log_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run")
     assert_one_line_error(proc, *fragments)
 
 

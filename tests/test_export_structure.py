@@ -93,6 +93,31 @@ def test_zero_filter_whose_batchnorm_adds_a_constant_is_kept():
     assert result.model.conv1.out_channels == 7 and result.model.conv2.in_channels == 7
 
 
+def test_constant_channels_fold_into_linear_and_unpadded_1x1_readers(tmp_path):
+    m = _two_convs()
+    m.conv2 = nn.Conv2d(8, 8, 1, bias=False)  # unpadded 1x1: a constant input folds into its bias
+    with torch.no_grad():
+        m.conv1.weight[[1, 4]] = 0  # constants β − γμ/σ (after ReLU) read by the 1x1
+        m.conv2.weight[[0, 6]] = 0  # constants read by the linear layer after pooling
+    x = torch.randn(2, 3, 9, 9)
+    result = condense_with_details(m, x)
+    assert result.model.conv1.out_channels == 6 and result.model.conv2.in_channels == 6
+    assert result.model.conv2.out_channels == 6 and result.model.fc.in_features == 6
+    assert result.model.conv2.bias is not None and result.structure["bias_added"] == ["conv2"]
+    _assert_equal(m, result.model, torch.randn(3, 3, 9, 9))
+
+
+def test_zero_filter_with_bias_folds_into_an_unpadded_conv():
+    model = _model("lenet5", 0, frac=0.0)
+    conv1, conv2 = model.features[0], model.features[3]
+    with torch.no_grad():
+        conv1.weight[[2, 7, 11]] = 0  # bias stays: the channel is the constant relu(b), max-pooled
+        conv1.bias[2] = -1.0          # ... and 0 after the ReLU for this one
+    result = condense_with_details(model, _inputs("lenet5"))
+    assert result.model.features[0].out_channels == 17 and result.model.features[3].in_channels == 17
+    _assert_equal(model, result.model, _inputs("lenet5", seed=3))
+
+
 def test_inputs_nobody_reads_remove_the_filters_that_fed_them():
     m = _two_convs()
     with torch.no_grad():

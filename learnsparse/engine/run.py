@@ -47,10 +47,23 @@ def build_plugins(cfg: DictConfig, model: torch.nn.Module) -> list:
     for name, node in (cfg.get("sparsity") or {}).items():
         plugin = _instantiate(node, f"sparsity.{name}")
         if callable(plugin) and not hasattr(plugin, "before_train"):
-            plugin = plugin(model=model)
+            try:
+                plugin = plugin(model=model)
+            except (ValueError, TypeError) as e:  # a plugin refusing its settings or this model
+                raise UserError(f"sparsity.{name}: {first_line(e, limit=None)}") from e
         plugin.name = name
         plugins.append(plugin)
     return plugins
+
+
+def init_weights(model: torch.nn.Module, path: Path) -> None:
+    """Start from another run's weights (e.g. SSL from a dense model): weights only, a new run."""
+    ckpt = load_checkpoint(path)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"trainer.init_from={path} does not fit this model ({first_line(e)})") from e
+    log.info("initialized the model from %s", path)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -76,6 +89,8 @@ def _train(cfg: DictConfig, dist_env: DistEnv) -> dict:
         raise UserError(f"model.in_channels={cfg.model.in_channels} does not fit {bundle.name}, whose images have "
                         f"{bundle.in_channels} channels")
     model = _instantiate(cfg.model, "model")
+    if cfg.trainer.get("init_from"):
+        init_weights(model, Path(str(cfg.trainer.init_from)))
     plugins = build_plugins(cfg, model)
     memory_format = torch.channels_last if cfg.trainer.get("channels_last") else torch.contiguous_format
     model.to(device, memory_format=memory_format)

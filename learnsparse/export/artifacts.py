@@ -17,7 +17,9 @@ import torch.nn as nn
 
 from learnsparse.engine.checkpoint_io import read_weights_only, save_atomic
 from learnsparse.errors import UserError
+from learnsparse.nn.flgc import FLGConv
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
+from learnsparse.learned_grouping import sparsify
 
 from .classifier import prune_classifier_inputs
 from .condense import _last_linear
@@ -29,14 +31,38 @@ VERSION = 1
 
 
 def structure_of(trained: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: {"mask": m.mask.detach().cpu().clone(), "stage": m.stage.detach().cpu().clone()}
-            for name, m in trained.named_modules() if isinstance(m, LearnedGroupConv)}
+    """The learned structure that fixes deployed shapes: LGC masks, FLGC assignments."""
+    structure = {}
+    for name, m in trained.named_modules():
+        if isinstance(m, LearnedGroupConv):
+            structure[name] = {"mask": m.mask.detach().cpu().clone(), "stage": m.stage.detach().cpu().clone()}
+        elif isinstance(m, FLGConv):
+            in_group, out_group = m.assignments()
+            structure[name] = {"in_group": in_group.cpu().clone(), "out_group": out_group.cpu().clone()}
+    return structure
+
+
+def _restore_structure(model: nn.Module, structure: dict) -> None:
+    modules = dict(model.named_modules())
+    for name, st in structure.items():
+        m = modules[name]
+        if isinstance(m, FLGConv):
+            m.in_group.copy_(st["in_group"])
+            m.out_group.copy_(st["out_group"])
+            m.frozen.fill_(True)
+        else:
+            m.mask.copy_(st["mask"])
+            m.stage.copy_(st["stage"])
 
 
 def save_condensed(path: Path, deployed: nn.Module, trained: nn.Module, model_spec: dict, input_shape: list[int],
-                   classifier_keep: float | None = None, structure_edits: dict | None = None) -> None:
+                   classifier_keep: float | None = None, structure_edits: dict | None = None,
+                   sparsified: dict | None = None) -> None:
+    """`sparsified`: the `learnsparse.sparsify` arguments that turned the registry model into
+    the trained one (sparsity=flgc/lgc on any model), replayed by `load`."""
     save_atomic({
         "format": FORMAT, "version": VERSION, "model": dict(model_spec), "input_shape": list(input_shape),
+        "sparsify": dict(sparsified) if sparsified else None,
         "structure": structure_of(trained), "structure_edits": structure_edits or {},
         "classifier_keep": classifier_keep,
         "state_dict": {k: v.detach().cpu() for k, v in deployed.state_dict().items()},
@@ -51,11 +77,10 @@ def load(path: str | Path, map_location="cpu") -> nn.Module:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"{path} is not a learnsparse condensed model")
     model = create_model(**blob["model"]).eval()
-    modules = dict(model.named_modules())
+    if blob.get("sparsify"):
+        sparsify(model, **blob["sparsify"])
     with torch.no_grad():
-        for name, st in blob["structure"].items():
-            modules[name].mask.copy_(st["mask"])
-            modules[name].stage.copy_(st["stage"])
+        _restore_structure(model, blob["structure"])
         convert_modules(model)
     replay(model, blob.get("structure_edits") or {}, torch.zeros(1, *blob["input_shape"]))
     with torch.no_grad():

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from . import condensenet_converter, lgc_converter  # noqa: F401  (registers converters)
+from . import condensenet_converter, flgc_converter, lgc_converter  # noqa: F401  (registers converters)
 from .classifier import prune_classifier_inputs
 from .registry import convert_modules
 from .structure.passes import remove_structure

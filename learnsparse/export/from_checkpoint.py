@@ -10,6 +10,7 @@ import torch
 from learnsparse.engine.checkpoint_io import load_checkpoint, save_atomic
 from learnsparse.errors import UserError, first_line
 from learnsparse.models import create_model
+from learnsparse.learned_grouping import sparsify
 
 from .artifacts import save_condensed, save_onnx, save_pt2
 from .condense import condense_with_details
@@ -17,6 +18,22 @@ from .report import build_report, format_report
 
 log = logging.getLogger("learnsparse")
 FORMATS = ("pt", "pt2", "onnx")
+
+
+_SPARSIFY_PLUGINS = {  # plugin class → (method, the plugin arguments sparsify takes)
+    "FLGCSchedule": ("flgc", ("groups", "include", "exclude", "balanced", "temperature")),
+    "LGCSchedule": ("lgc", ("groups", "condense_factor", "include", "exclude")),
+}
+
+
+def sparsify_args(config: dict) -> dict | None:
+    """The `learnsparse.sparsify` call a run's sparsity plugins made on its registry model."""
+    for entry in (config.get("sparsity") or {}).values():
+        kind = str((entry or {}).get("_target_", "")).rsplit(".", 1)[-1]
+        if kind in _SPARSIFY_PLUGINS:
+            method, keys = _SPARSIFY_PLUGINS[kind]
+            return {"method": method, **{k: entry[k] for k in keys if k in entry}}
+    return None
 
 
 def model_from_checkpoint(ckpt: dict, path: Path) -> tuple[torch.nn.Module, dict, list[int]]:
@@ -27,6 +44,8 @@ def model_from_checkpoint(ckpt: dict, path: Path) -> tuple[torch.nn.Module, dict
     spec = {"name": model_cfg["name"], "num_classes": int(model_cfg["num_classes"]),
             "in_channels": int(model_cfg["in_channels"])}
     model = create_model(**spec)
+    if sparsify_args(config):
+        sparsify(model, **sparsify_args(config))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -60,7 +79,7 @@ def export_checkpoint(cfg) -> dict:
     files = {}
     if "pt" in formats:
         save_condensed(out / "condensed.pt", result.model, trained, spec, input_shape, cfg.classifier_keep,
-                       result.structure)
+                       result.structure, sparsify_args(ckpt.get("config") or {}))
         files["pt"] = str(out / "condensed.pt")
     if "pt2" in formats:
         save_pt2(out / "model.pt2", result.model, example)

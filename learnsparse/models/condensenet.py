@@ -30,7 +30,8 @@ class CondenseNetSpec:
     init_stride: int = 1
     # The 1x1 conv of each dense layer: "learned" (CondenseNet), or the baselines it is compared
     # with at equal multiply-adds: "fixed" groups, "fixed_shuffle" (groups + channel shuffle,
-    # as in ShuffleNet), "dense" (an ungrouped 1x1 with the bottleneck narrowed by C).
+    # as in ShuffleNet), "dense" (an ungrouped 1x1 with the bottleneck narrowed by C); "plain" is
+    # DenseNet-BC's full ungrouped 1x1, for `sparsify` to give any learned grouping (FLGC).
     conv1: str = "learned"
 
 
@@ -48,8 +49,11 @@ class DenseLayer(nn.Module):
         elif spec.conv1 == "dense":
             mid //= spec.condense_factor
             self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
+        elif spec.conv1 == "plain":
+            self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
         else:
-            raise ValueError(f"CondenseNet: conv1 must be learned, fixed, fixed_shuffle or dense, got {spec.conv1!r}")
+            raise ValueError("CondenseNet: conv1 must be learned, fixed, fixed_shuffle, dense or plain, "
+                             f"got {spec.conv1!r}")
         self.norm2 = nn.BatchNorm2d(mid)
         # The narrowed dense variant's 3x3 conv is ungrouped: mid/C inputs for all filters costs
         # what the grouped one costs on mid inputs when C = groups_3x3.
@@ -184,3 +188,9 @@ def condensenet_mini_shuffle(num_classes: int = 10, in_channels: int = 1) -> nn.
 def condensenet_mini_dense(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """condensenet_mini with ungrouped 1x1 convs, bottleneck narrowed by C to match their MACs."""
     return _build(_mini("dense"), num_classes, in_channels)
+
+
+@register_model
+def condensenet_mini_plain(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """condensenet_mini with full ungrouped 1x1 convs (DenseNet-BC's), for sparsity=flgc/lgc."""
+    return _build(_mini("plain"), num_classes, in_channels)

@@ -38,9 +38,18 @@ class TensorBoardHook(HookBase):
         self.writer.flush()
 
     def add_image(self, tag: str, image, step: int | None = None) -> None:
-        """For plugins that draw (connectivity pictures): CHW float in [0, 1]."""
+        """For plugins that draw (connectivity pictures): CHW float in [0, 1]. Plugins also
+        write their own scalars and histograms through `add_scalar` and `add_histogram`."""
         self._open()  # plugins may draw in their before_train, before this hook's
         self.writer.add_image(tag, image, self.trainer.iter if step is None else step)
+
+    def add_scalar(self, tag: str, value: float, step: int | None = None) -> None:
+        self._open()
+        self.writer.add_scalar(tag, value, self.trainer.iter if step is None else step)
+
+    def add_histogram(self, tag: str, values, step: int | None = None) -> None:
+        self._open()
+        self.writer.add_histogram(tag, values, self.trainer.iter if step is None else step)
 
     def after_train(self) -> None:
         if self.writer is not None:

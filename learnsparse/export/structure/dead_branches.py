@@ -7,41 +7,11 @@ conv before a BatchNorm with a non-zero constant) still adds a constant and is k
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn as nn
-from torchvision.models.mobilenetv2 import InvertedResidual
-from torchvision.models.resnet import BasicBlock as TvBasicBlock
-from torchvision.models.resnet import Bottleneck as TvBottleneck
 
-from learnsparse.models.resnet_cifar import BasicBlock as CifarBasicBlock
+from learnsparse.models.residual_blocks import RESIDUAL_BLOCKS, residual_blocks
 from learnsparse.nn.shortcut_only import ShortcutOnly
-
-
-@dataclass(frozen=True)
-class ResidualBlockKind:
-    last_conv: Callable[[nn.Module], nn.Conv2d]
-    last_bn: Callable[[nn.Module], nn.BatchNorm2d]
-    shortcut: Callable[[nn.Module], nn.Module | None]
-    relu_after: bool
-    is_residual: Callable[[nn.Module], bool] = lambda block: True
-
-
-RESIDUAL_BLOCKS: dict[type, ResidualBlockKind] = {
-    CifarBasicBlock: ResidualBlockKind(lambda b: b.conv2, lambda b: b.bn2, lambda b: b.shortcut, True),
-    TvBasicBlock: ResidualBlockKind(lambda b: b.conv2, lambda b: b.bn2, lambda b: b.downsample, True),
-    TvBottleneck: ResidualBlockKind(lambda b: b.conv3, lambda b: b.bn3, lambda b: b.downsample, True),
-    InvertedResidual: ResidualBlockKind(lambda b: b.conv[-2], lambda b: b.conv[-1], lambda b: None, False,
-                                        is_residual=lambda b: b.use_res_connect),
-}
-
-
-def residual_branch_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, block) of every residual block of a kind the export understands."""
-    return [(n, m) for n, m in model.named_modules()
-            if type(m) in RESIDUAL_BLOCKS and RESIDUAL_BLOCKS[type(m)].is_residual(m)]
 
 
 def branch_is_dead(block: nn.Module) -> bool:
@@ -50,7 +20,10 @@ def branch_is_dead(block: nn.Module) -> bool:
     gamma, beta = bn.weight.detach(), bn.bias.detach()
     if bool(((gamma == 0) & (beta == 0)).all()):
         return True
-    conv_zero = bool((conv.weight == 0).all()) and (conv.bias is None or bool((conv.bias == 0).all()))
+    weight = getattr(conv, "weight", None)  # an exported group conv has no single weight: not dead
+    if not isinstance(weight, torch.Tensor):
+        return False
+    conv_zero = bool((weight == 0).all()) and (conv.bias is None or bool((conv.bias == 0).all()))
     constant = beta - gamma * bn.running_mean / torch.sqrt(bn.running_var + bn.eps)
     return conv_zero and bool((constant == 0).all())
 
@@ -61,4 +34,4 @@ def shortcut_only(block: nn.Module) -> ShortcutOnly:
 
 
 def dead_branch_names(model: nn.Module) -> list[str]:
-    return [n for n, m in residual_branch_modules(model) if branch_is_dead(m)]
+    return [n for n, m in residual_blocks(model) if branch_is_dead(m)]

@@ -3,7 +3,8 @@
 1. residual branches that output zero become their shortcut (before channel pruning, so the
    dependency graph never sees a block whose every channel is dead);
 2. dead channels go, through the dependency graph (recorded as Torch-Pruning's history);
-3. convolutions with few kept kernel fibres are lowered.
+3. convolutions with few kept kernel fibres are lowered;
+4. output permutations of exported group convs move into the layers that read them.
 
 `edits` records what was done in plain values, so `replay` can rebuild the same shapes on a
 freshly built model without unpickling code.
@@ -14,16 +15,27 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from learnsparse.models.residual_blocks import residual_blocks
+from learnsparse.nn.condensed_dense_block import CondensedDenseBlock
+from learnsparse.nn.deployed import IndexSelectGroupConv
 from learnsparse.nn.lowered_conv import LoweredConv2d
+from learnsparse.nn.permuted_group_conv import PermutedGroupConv
 
 from .channel_pruning import remove_dead_channels
-from .dead_branches import dead_branch_names, residual_branch_modules, shortcut_only
+from .dead_branches import dead_branch_names, shortcut_only
+from .fold_permutations import fold_output_permutations
 from .lowering import lowered_fibres
+
+DEPLOYED_GROUPING = (CondensedDenseBlock, IndexSelectGroupConv, PermutedGroupConv)
 
 
 
 def _has_dead_structure(model: nn.Module) -> bool:
-    """Cheap check so models without structured zeros skip the dependency graph."""
+    """Cheap check so models without structured zeros skip the dependency graph. Models that
+    already hold deployed group convs (CondenseNet, FLGC) skip it too: their padded or
+    gathered channels are index-addressed, which the dependency graph cannot see."""
+    if any(isinstance(m, DEPLOYED_GROUPING) for m in model.modules()):
+        return False
     for m in model.modules():
         if type(m) in (nn.Conv2d, nn.Linear):
             w = m.weight.detach()
@@ -37,22 +49,23 @@ def _has_dead_structure(model: nn.Module) -> bool:
 def remove_structure(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[tuple[str, str, str]], dict]:
     """Apply the passes in place. Returns report rows (layer, before, after) and the edits."""
     rows: list[tuple[str, str, str]] = []
-    edits: dict = {"shortcut_only": [], "pruning_history": [], "lowered": {}}
-    blocks = dict(residual_branch_modules(model))
+    edits: dict = {"shortcut_only": [], "pruning_history": [], "bias_added": [], "lowered": {}}
+    blocks = dict(residual_blocks(model))
     for name in dead_branch_names(model):
         model.set_submodule(name, shortcut_only(blocks[name]))
         rows.append((name, type(blocks[name]).__name__, "ShortcutOnly"))
         edits["shortcut_only"].append(name)
     if _has_dead_structure(model):
-        pruned, history = remove_dead_channels(model, example_inputs)
+        pruned, history, bias_added = remove_dead_channels(model, example_inputs)
         rows += [(n, f"{type(m).__name__} ×{b}", f"{type(m).__name__} ×{a}") for n, m, b, a in pruned]
-        edits["pruning_history"] = history
+        edits["pruning_history"], edits["bias_added"] = history, bias_added
     for name, lowered in lowered_fibres(model).items():
         conv = model.get_submodule(name)
         model.set_submodule(name, lowered)
         rows.append((name, f"Conv2d {conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]} fibres",
                      f"LoweredConv2d {lowered.weight.shape[1]} fibres"))
         edits["lowered"][name] = torch.stack([lowered.fibre_channel, lowered.fibre_row, lowered.fibre_col], 1)
+    edits["permutations_folded"] = fold_output_permutations(model)
     return rows, edits
 
 
@@ -60,6 +73,9 @@ def replay(model: nn.Module, edits: dict, example_inputs: torch.Tensor) -> None:
     """Give a freshly built model the shapes `remove_structure` produced (weights come after)."""
     for name in edits.get("shortcut_only", []):
         model.set_submodule(name, shortcut_only(model.get_submodule(name)))
+    for name in edits.get("bias_added", []):
+        layer = model.get_submodule(name)
+        layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]))
     if edits.get("pruning_history"):
         with torch.enable_grad():
             DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
@@ -69,3 +85,5 @@ def replay(model: nn.Module, edits: dict, example_inputs: torch.Tensor) -> None:
         weight = torch.zeros(conv.out_channels, len(fibres))
         bias = torch.zeros(conv.out_channels) if conv.bias is not None else None
         model.set_submodule(name, LoweredConv2d(weight, fibres, bias, conv.kernel_size, conv.stride, conv.padding))
+    if edits.get("permutations_folded"):
+        fold_output_permutations(model)  # the same folds: the state dict then fills the values

@@ -1,0 +1,98 @@
+"""Move output permutations of exported group convs into the layers that read them.
+
+A PermutedGroupConv computes its filters in group order and then puts them back in the
+original order (`out_index`). When that output flows only through BatchNorm and elementwise
+ops into convs, the put-back costs nothing if instead the BatchNorm's parameters and the next
+layer's input channels are permuted: BatchNorm and elementwise ops act per channel, so they
+commute with any channel permutation, and the reader's gather (`in_index`) or weight columns
+absorb it. Found with torch.fx; anything else (a residual add, a concatenation, the model's
+output) keeps the permutation.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from learnsparse.nn.permuted_group_conv import PermutedGroupConv
+
+_ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Identity, nn.Dropout)
+_ELEMENTWISE_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu, torch.sigmoid}
+_ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid"}
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, PermutedGroupConv) or super().is_leaf_module(m, qualname)
+
+
+def _is_elementwise(node: fx.Node, modules: dict) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], _ELEMENTWISE_MODULES)
+    if node.op == "call_function":
+        return node.target in _ELEMENTWISE_FUNCTIONS
+    return node.op == "call_method" and node.target in _ELEMENTWISE_METHODS
+
+
+def _path_to_readers(start: fx.Node, modules: dict, calls: dict):
+    """BatchNorms on the way and the readers, if the output reaches only foldable layers."""
+    norms, readers, frontier = [], [], list(start.users)
+    while frontier:
+        node = frontier.pop()
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(mod, PermutedGroupConv) or (type(mod) is nn.Conv2d and mod.groups == 1):
+            if node.args[0] is None or len(node.args) != 1 or node.kwargs:
+                return None
+            readers.append(mod)
+        elif isinstance(mod, nn.BatchNorm2d) and calls[node.target] == 1 and len(node.users) >= 1:
+            norms.append(mod)
+            frontier += list(node.users)
+        elif _is_elementwise(node, modules) and node.target is not operator.add:
+            frontier += list(node.users)
+        else:
+            return None
+    return norms, readers
+
+
+@torch.no_grad()
+def fold_output_permutations(model: nn.Module) -> int:
+    """Fold every foldable `out_index` in place; returns how many were folded."""
+    if not any(isinstance(m, PermutedGroupConv) and m.out_index is not None for m in model.modules()):
+        return 0
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # models with data-dependent control flow: nothing is folded
+        return 0
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    folded = 0
+    for node in graph.nodes:
+        layer = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(layer, PermutedGroupConv) or layer.out_index is None or calls[node.target] != 1:
+            continue
+        perm = layer.out_index  # original channel c lives at position perm[c] of the group output
+        if perm.numel() != layer.conv.out_channels:
+            continue  # padded groups: a selection, not a permutation
+        path = _path_to_readers(node, modules, calls)
+        if path is None or not path[1]:
+            continue
+        norms, readers = path
+        for bn in norms:
+            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                if t is not None:
+                    t[perm] = t.clone()
+        for reader in readers:
+            if isinstance(reader, PermutedGroupConv):
+                index = reader.in_index if reader.in_index is not None else torch.arange(perm.numel())
+                reader.in_index = perm[index]
+            else:
+                reader.weight[:, perm] = reader.weight.clone()
+        layer.out_index = None
+        folded += 1
+    return folded

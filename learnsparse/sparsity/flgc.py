@@ -1,0 +1,97 @@
+"""`sparsity=flgc` / `sparsity=lgc`: learned grouping on any model.
+
+`sparsity=flgc` replaces the model's matching convs with FLGConv (`learnsparse.sparsify`),
+learns the input and filter assignments for the first `learn_fraction` of training (the
+softmax temperature optionally annealed from `temperature` to `temperature_end`), then
+freezes them and fine-tunes the fixed grouping. `sparsity=lgc` replaces them with
+CondenseNet's LearnedGroupConv and runs the condensing schedule.
+
+Assignments are parameters (logits), so DDP keeps them equal on every rank; at freezing, rank
+0's hard assignment is broadcast so that ties cannot split the ranks.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+
+from learnsparse.engine.distributed import broadcast_tensor_
+from learnsparse.engine.hook_base import HookBase
+from learnsparse.nn.flgc import FLGConv
+from learnsparse.learned_grouping import sparsify
+
+from .condensing import CondensingSchedule
+from .connectivity import grouped_connectivity_image
+
+log = logging.getLogger("learnsparse")
+
+
+class FLGCSchedule(HookBase):
+    def __init__(self, model: nn.Module, groups: int = 4, balanced: bool = False, learn_fraction: float = 0.5,
+                 temperature: float = 1.0, temperature_end: float | None = None, include: list[str] | None = None,
+                 exclude: list[str] | None = None, log_images: bool = True):
+        if not 0 <= learn_fraction <= 1:
+            raise ValueError(f"learn_fraction must be in [0, 1], got {learn_fraction}")
+        if temperature <= 0 or (temperature_end is not None and temperature_end <= 0):
+            raise ValueError("temperatures must be > 0")
+        if not any(isinstance(m, FLGConv) for m in model.modules()):
+            sparsify(model, "flgc", groups=groups, include=include, exclude=exclude, balanced=balanced,
+                     temperature=temperature)
+        self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, FLGConv)]
+        self.learn_fraction = learn_fraction
+        self.temperature, self.temperature_end = temperature, temperature_end
+        self.log_images = log_images
+        self._epoch_start: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def frozen(self) -> bool:
+        return all(bool(m.frozen) for _, m in self.layers)
+
+    def before_epoch(self) -> None:
+        self._epoch_start = [tuple(t.clone() for t in m.assignments()) for _, m in self.layers]
+
+    def before_step(self) -> None:
+        if self.frozen:
+            return
+        if self.progress >= self.learn_fraction:
+            for _, m in self.layers:
+                m.freeze()
+                broadcast_tensor_(m.in_group)
+                broadcast_tensor_(m.out_group)
+            log.info("flgc: assignments frozen at progress %.3f", self.progress)
+            return
+        if self.temperature_end is not None:
+            # Geometric annealing: equal ratios per unit of progress.
+            t = self.progress / self.learn_fraction if self.learn_fraction else 1.0
+            temp = self.temperature * (self.temperature_end / self.temperature) ** t
+            for _, m in self.layers:
+                m.temperature = temp
+
+    def after_epoch(self) -> None:
+        changed = total = 0
+        for (_, m), (in0, out0) in zip(self.layers, self._epoch_start):
+            in1, out1 = m.assignments()
+            changed += int((in1 != in0).sum() + (out1 != out0).sum())
+            total += in1.numel() + out1.numel()
+        metrics = self.trainer.epoch_metrics
+        metrics["flgc_assignments_changed_pct"] = 100.0 * changed / max(1, total)
+        metrics["flgc_frozen"] = int(self.frozen)
+        if self.log_images and getattr(self.trainer, "rank", 0) == 0:
+            for hook in self.trainer.hooks:
+                if hasattr(hook, "add_image"):
+                    for name, m in self.layers:
+                        hook.add_image(f"flgc_connectivity/{name}", grouped_connectivity_image(m), self.trainer.epoch + 1)
+
+    def state_dict(self) -> dict:
+        # Logits and frozen assignments are model parameters/buffers and travel with the weights.
+        return {"learn_fraction": self.learn_fraction, "frozen": self.frozen}
+
+
+def LGCSchedule(model: nn.Module, groups: int = 4, condense_factor: int = 4, include: list[str] | None = None,
+                exclude: list[str] | None = None, condense_fraction: float = 0.5, group_lasso: float = 0.0,
+                log_images: bool = True) -> CondensingSchedule:
+    """`sparsity=lgc`: LearnedGroupConv in place of matching convs, condensed on CondenseNet's schedule."""
+    sparsify(model, "lgc", groups=groups, condense_factor=condense_factor, include=include, exclude=exclude)
+    return CondensingSchedule(model, condense_fraction=condense_fraction, group_lasso=group_lasso,
+                              log_images=log_images)

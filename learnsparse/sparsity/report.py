@@ -1,0 +1,72 @@
+"""`sparsity.report`: how much structure the zeros form, per layer, at every epoch end.
+
+Per conv/linear layer: weight shape, non-zero weights, zero filters %, zero input channels %,
+zero shape fibres % (W[:, c, i, j]) and whether the whole layer is zero. The table goes to the
+log, the rows to `metrics.jsonl` (`sparsity_layers`), per-layer scalars, histograms of the
+filter and channel group norms, and a connectivity image per layer to TensorBoard.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+
+from learnsparse.engine.hook_base import HookBase
+
+from .connectivity import weight_connectivity_image
+from .groups import group_norms
+from .regularizers.selection_args import chosen_layers
+
+log = logging.getLogger("learnsparse")
+
+
+def layer_sparsity(weight: torch.Tensor) -> dict:
+    w = weight.detach()
+    zero = w == 0
+    row = {"shape": list(w.shape), "nonzeros": int((~zero).sum()), "weights": w.numel(),
+           "zero_filters_pct": 100.0 * float(zero.flatten(1).all(1).float().mean()),
+           "zero_channels_pct": 100.0 * float(zero.transpose(0, 1).flatten(1).all(1).float().mean())}
+    row["zero_fibres_pct"] = 100.0 * float(zero.all(0).float().mean()) if w.dim() > 2 else row["zero_channels_pct"]
+    row["removed"] = bool(zero.all())
+    return row
+
+
+def format_table(rows: dict[str, dict]) -> str:
+    lines = [f"{'layer':<28}{'shape':<20}{'nonzeros':>12}{'filters 0%':>12}{'channels 0%':>13}"
+             f"{'fibres 0%':>11}{'removed':>9}"]
+    for name, r in rows.items():
+        lines.append(f"{name:<28}{'x'.join(map(str, r['shape'])):<20}{r['nonzeros']:>12,}"
+                     f"{r['zero_filters_pct']:>12.1f}{r['zero_channels_pct']:>13.1f}{r['zero_fibres_pct']:>11.1f}"
+                     f"{'yes' if r['removed'] else '':>9}")
+    return "\n".join(lines)
+
+
+class SparsityReport(HookBase):
+    def __init__(self, model: nn.Module, layers: str = "conv_linear", include: list[str] | None = None,
+                 exclude: list[str] | None = None, images: bool = True, histograms: bool = True):
+        self.layers = chosen_layers(model, layers, include, exclude)
+        self.images, self.histograms = images, histograms
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        rows = {name: layer_sparsity(m.weight) for name, m in self.layers}
+        total = sum(r["weights"] for r in rows.values())
+        m = t.epoch_metrics
+        m["weights_zero_pct"] = 100.0 * (1 - sum(r["nonzeros"] for r in rows.values()) / max(1, total))
+        m["layers_removed"] = sum(r["removed"] for r in rows.values())
+        m["sparsity_layers"] = rows
+        if getattr(t, "rank", 0) != 0:
+            return
+        log.info("sparsity after epoch %d:\n%s", t.epoch + 1, format_table(rows))
+        boards = [h for h in t.hooks if hasattr(h, "add_scalar") and hasattr(h, "add_histogram")]
+        for board in boards:
+            for name, mod in self.layers:
+                for key in ("zero_filters_pct", "zero_channels_pct", "zero_fibres_pct"):
+                    board.add_scalar(f"sparsity/{name}/{key}", rows[name][key], t.epoch + 1)
+                if self.histograms:
+                    for kind in ("filter", "channel"):
+                        board.add_histogram(f"group_norms/{name}/{kind}",
+                                            group_norms(mod.weight.detach(), kind).flatten().cpu(), t.epoch + 1)
+                if self.images:
+                    board.add_image(f"connectivity/{name}", weight_connectivity_image(mod.weight), t.epoch + 1)

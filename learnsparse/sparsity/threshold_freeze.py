@@ -1,0 +1,148 @@
+"""`sparsity=threshold`: at a chosen progress, groups with a small norm become exact zeros and
+stay zero for the rest of training (fine-tuning with the structure frozen).
+
+Rules for "small": `absolute` (‖w_g‖ < tau), `relative` (‖w_g‖ < tau × the largest group
+norm of that layer and kind), or `percentile` (the fraction `tau` of all chosen groups with the
+smallest norms, over every layer at once — network slimming's global threshold).
+
+A frozen weight is held at zero by a mask: its gradient is masked before the optimizer step,
+the optimizer's state for it (momentum, Adam moments) is zeroed at freezing, and the weight is
+masked again after every step (weight decay cannot revive it). A dead filter also kills its
+BatchNorm's γ and β, so the channel outputs exactly zero rather than a constant. The masks are
+in the checkpoint, so a resumed run keeps the same structure.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+
+from learnsparse.engine.distributed import broadcast_tensor_
+from learnsparse.engine.hook_base import HookBase
+
+from .groups import group_norms
+from .layer_pairs import batchnorm_after
+from .regularizers.selection_args import chosen_layers
+
+log = logging.getLogger("learnsparse")
+RULES = ("absolute", "relative", "percentile")
+
+
+class ThresholdFreeze(HookBase):
+    def __init__(self, model: nn.Module, at: float = 0.5, tau: float = 1e-3, rule: str = "absolute",
+                 kinds: list[str] = ("filter",), layers: str = "conv", include: list[str] | None = None,
+                 exclude: list[str] | None = None, exclude_first_conv: bool = False):
+        if not 0 <= at < 1:
+            raise ValueError(f"at must be in [0, 1), got {at}")
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
+        if tau < 0 or (rule == "percentile" and tau >= 1):
+            raise ValueError(f"tau must be ≥ 0 (and < 1 for rule=percentile), got {tau}")
+        self.model = model
+        self.at, self.tau, self.rule = float(at), float(tau), rule
+        self.chosen = chosen_layers(model, layers, include, exclude, exclude_first_conv)
+        if not self.chosen:
+            raise ValueError("no layer matches the threshold's include/exclude patterns")
+        self.kinds = list(kinds)
+        self.param_names = {id(p): n for n, p in model.named_parameters()}
+        self.masks: dict[str, torch.Tensor] = {}
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.masks)
+
+    def before_train(self) -> None:
+        if self.frozen:  # resumed after freezing
+            self._move_masks()
+            self._apply_to_weights()
+
+    def before_step(self) -> None:
+        if not self.frozen and self.progress >= self.at:
+            self.freeze()
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        params = dict(self.model.named_parameters())
+        dead = self._dead_groups()
+        bn_of = batchnorm_after(self.model) if any(k in ("filter", "layer") for _, _, k, _ in dead) else {}
+        masks: dict[str, torch.Tensor] = {}
+
+        def kill(param_name: str, where: torch.Tensor) -> None:
+            keep = masks.setdefault(param_name, torch.ones_like(params[param_name], dtype=torch.bool))
+            keep &= ~where.expand_as(keep)
+
+        for name, module, kind, is_dead in dead:
+            kill(f"{name}.weight", is_dead)
+            channels = None
+            if isinstance(module, nn.BatchNorm2d):
+                channels = is_dead.flatten()
+            elif kind in ("filter", "layer") and name in bn_of:
+                channels = is_dead.reshape(-1)[:1].expand(module.weight.shape[0]) if kind == "layer" \
+                    else is_dead.flatten()
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None and kind in ("filter", "layer"):
+                kill(f"{name}.bias", is_dead.flatten() if kind == "filter" else is_dead.reshape(-1)[:1])
+            if channels is not None:
+                bn_name = name if isinstance(module, nn.BatchNorm2d) else bn_of[name]
+                kill(f"{bn_name}.weight", channels)
+                kill(f"{bn_name}.bias", channels)
+        for mask in masks.values():
+            broadcast_tensor_(mask)  # every rank freezes what rank 0 froze
+        self.masks = masks
+        self._apply_to_weights()
+        self._mask_optimizer_state()
+        zeroed = sum(int((~m).sum()) for m in masks.values())
+        log.info("threshold: froze %d weights at zero at progress %.3f (%s, tau=%g)", zeroed, self.progress,
+                 self.rule, self.tau)
+
+    def _dead_groups(self) -> list[tuple[str, nn.Module, str, torch.Tensor]]:
+        norms = []
+        for name, m in self.chosen:
+            kinds = ["element"] if isinstance(m, nn.BatchNorm2d) else self.kinds
+            for kind in kinds:
+                norms.append((name, m, kind, group_norms(m.weight.detach(), kind)))
+        if self.rule == "percentile":
+            everything = torch.cat([n.flatten() for *_, n in norms])
+            k = int(self.tau * everything.numel())
+            cut = everything.kthvalue(k).values if k > 0 else everything.min() - 1
+            return [(name, m, kind, n <= cut) for name, m, kind, n in norms]
+        if self.rule == "relative":
+            return [(name, m, kind, n < self.tau * n.max()) for name, m, kind, n in norms]
+        return [(name, m, kind, n < self.tau) for name, m, kind, n in norms]
+
+    def _parameters(self):
+        params = dict(self.model.named_parameters())
+        return [(params[n], m) for n, m in self.masks.items()]
+
+    def _apply_to_weights(self) -> None:
+        with torch.no_grad():
+            for p, m in self._parameters():
+                p.mul_(m)
+
+    def _mask_optimizer_state(self) -> None:
+        for p, m in self._parameters():
+            for v in self.trainer.optimizer.state.get(p, {}).values():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                    v.mul_(m)
+
+    def _move_masks(self) -> None:
+        params = dict(self.model.named_parameters())
+        self.masks = {n: m.to(params[n].device) for n, m in self.masks.items()}
+
+    def after_backward(self) -> None:
+        for p, m in self._parameters():
+            if p.grad is not None:
+                p.grad.mul_(m)
+
+    def after_step(self) -> None:
+        self._apply_to_weights()
+
+    def after_epoch(self) -> None:
+        self.trainer.epoch_metrics["frozen_zero_weights"] = sum(int((~m).sum()) for m in self.masks.values())
+
+    def state_dict(self) -> dict:
+        return {"at": self.at, "tau": self.tau, "rule": self.rule,
+                "masks": {n: m.cpu() for n, m in self.masks.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.masks = dict(state.get("masks", {}))
