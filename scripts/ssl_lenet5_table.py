@@ -11,12 +11,12 @@ of --rounds, --threads threads).
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.benchmark import Timer
 
 from learnsparse.engine.checkpoint_io import load_checkpoint
 from learnsparse.export import condense_with_details
@@ -94,6 +94,9 @@ def main() -> None:
 def _interleaved_pairs(pairs: dict, rounds: int) -> dict[str, float]:
     """Like `interleaved_latency`, but each module gets its own input (the layer's real input
     in its own network)."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # CUDA_HOME notice on CPU hosts
+    from torch.utils.benchmark import Timer
+
     times = {k: [] for k in pairs}
     with torch.no_grad():
         for _ in range(rounds):

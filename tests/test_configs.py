@@ -52,8 +52,9 @@ def test_every_logger_config_instantiates(tiny_cfg, name):
 
 @pytest.mark.parametrize("name", options("sparsity"))
 def test_every_sparsity_config_instantiates(tiny_cfg, name):
-    # Every plugin so far acts on learned group convs; a CondenseNet has them.
-    cfg = tiny_cfg("model=condensenet_mini", f"sparsity={name}")
+    # condensenet needs learned group convs (a CondenseNet), ssl_depth residual blocks (a ResNet).
+    model_name = {"condensenet": "condensenet_mini", "ssl_depth": "resnet20"}.get(name, "condensenet_mini_plain")
+    cfg = tiny_cfg(f"model={model_name}", f"sparsity={name}")
     model = instantiate(cfg.model)
     plugins = build_plugins(cfg, model)
     assert [p.name for p in plugins] == list(cfg.sparsity.keys())
