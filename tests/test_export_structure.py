@@ -191,3 +191,34 @@ def test_condensed_file_and_pt2_rebuild_the_structure(tmp_path, name):
     save_pt2(tmp_path / "model.pt2", result.model, x)
     program = torch.export.load(str(tmp_path / "model.pt2"))
     _assert_equal(result.model, program.module(), torch.cat([x, x]))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "tv_mobilenet_v2", "vgg16_bn"])
+def test_batchnorms_after_convs_fold_into_them(name):
+    model = _model(name, 3)
+    x = _inputs(name)
+    result = condense_with_details(model, x)
+    # These nets are conv → BN throughout: every BatchNorm left after the structure passes
+    # (dead branches take theirs along) is folded.
+    assert len(result.structure["batchnorm_folded"]) > 0
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in result.model.modules())
+    _assert_equal(model, result.model, _inputs(name, batch=2, seed=11))
+
+
+def test_preactivation_batchnorms_are_kept():
+    # DenseNet's BN → ReLU → conv: the ReLU between makes folding into the conv inexact.
+    model = _model("densenet_bc_100", 0)
+    result = condense_with_details(model, _inputs("densenet_bc_100"))
+    assert any(isinstance(m, nn.BatchNorm2d) for m in result.model.modules())
+
+
+def test_export_runs_channels_last_unless_asked_not_to():
+    model = _model("resnet20", 0)
+    x = _inputs("resnet20")
+    nhwc = condense_with_details(model, x).model
+    nchw = condense_with_details(model, x, channels_last=False).model
+    conv = next(m for m in nhwc.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():  # an NCHW input still runs NHWC from the first conv on
+        assert nhwc.conv1(x).is_contiguous(memory_format=torch.channels_last)
+    _assert_equal(nchw, nhwc, x)

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from learnsparse import train
@@ -13,7 +13,7 @@ from learnsparse.export import condense_with_details
 from learnsparse.models import create_model
 from learnsparse.nn.flgc import FLGConv
 from learnsparse.nn.group_assignment import balanced_assignment
-from learnsparse.nn.permuted_group_conv import PermutedGroupConv
+from learnsparse.nn.permuted_group_conv import PermutedGroupConv, choose_layout
 from learnsparse.learned_grouping import sparsify
 
 
@@ -71,14 +71,38 @@ def test_export_equals_the_trained_layer(cin, cout, k, groups, balanced, bias, s
     x = torch.randn(3, cin, 6, 6, generator=torch.Generator().manual_seed(seed))
     result = condense_with_details(model, x)
     deployed = result.model[0]
-    assert isinstance(deployed, PermutedGroupConv) and deployed.conv.groups == groups
-    in_sizes = torch.bincount(layer.assignments()[0], minlength=groups)
+    in_group, out_group = layer.assignments()
+    assert isinstance(deployed, PermutedGroupConv)
+    assert deployed.layout == choose_layout(in_group, out_group, groups)
     if balanced and cin % groups == 0 and cout % groups == 0:
+        assert deployed.layout == "padded" and deployed.conv.groups == groups
         assert deployed.conv.in_channels == cin and deployed.conv.out_channels == cout  # no padding waste
-    assert deployed.conv.in_channels == groups * int(in_sizes.max())
     with torch.no_grad():
         a, b = model(x), result.model(x)
     assert (a - b).abs().max() <= 1e-5 * max(1.0, float(a.abs().max()))
+
+
+@settings(max_examples=30, deadline=None)
+@given(cin=st.integers(4, 20), cout=st.integers(4, 20), k=st.sampled_from([1, 3]), groups=st.sampled_from([2, 3, 4, 8]),
+       layout=st.sampled_from(["padded", "split"]), bias=st.booleans(), seed=st.integers(0, 9999))
+def test_both_layouts_compute_the_masked_conv(cin, cout, k, groups, layout, bias, seed):
+    assume(groups <= min(cin, cout))
+    layer = _random_flgc(cin, cout, k, groups, False, seed, bias).eval()
+    in_group, out_group = layer.assignments()
+    in_sizes = torch.bincount(in_group, minlength=groups)
+    out_sizes = torch.bincount(out_group, minlength=groups)
+    assume(layout == "padded" or not bool(((in_sizes == 0) & (out_sizes > 0)).any()))
+    deployed = PermutedGroupConv.from_assignment(layer.weight, layer.bias, in_group, out_group, groups,
+                                                 layer.stride, layer.padding, layout=layout)
+    x = torch.randn(2, cin, 7, 7, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        a, b = layer(x), deployed(x)
+    assert (a - b).abs().max() <= 1e-5 * max(1.0, float(a.abs().max()))
+    computed = sum(c.weight[:, :, 0, 0].numel() for c in deployed.modules() if isinstance(c, nn.Conv2d))
+    if layout == "split":  # exactly the kept connections
+        assert computed == int((in_sizes * out_sizes).sum())
+    else:  # every group padded to the largest
+        assert computed == groups * int(in_sizes.max()) * int(out_sizes.max())
 
 
 def test_sparsify_replaces_matching_convs_and_keeps_their_weights():

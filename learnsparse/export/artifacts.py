@@ -88,6 +88,8 @@ def load(path: str | Path, map_location="cpu") -> nn.Module:
             name, linear = _last_linear(model)
             model.set_submodule(name, prune_classifier_inputs(linear, blob["classifier_keep"]))
     model.load_state_dict(blob["state_dict"])
+    if (blob.get("structure_edits") or {}).get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
     return model.to(map_location).eval()
 
 

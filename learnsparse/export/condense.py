@@ -25,7 +25,7 @@ class ExportResult:
 
 
 def condense_with_details(model: nn.Module, example_inputs: torch.Tensor, *, classifier_keep: float | None = None,
-                          rtol: float = 1e-5) -> ExportResult:
+                          rtol: float = 1e-5, channels_last: bool = True) -> ExportResult:
     trained = model.eval()
     exported = copy.deepcopy(trained).eval()
     with torch.no_grad():
@@ -38,6 +38,12 @@ def condense_with_details(model: nn.Module, example_inputs: torch.Tensor, *, cla
             name, linear = _last_linear(exported)
             exported.set_submodule(name, prune_classifier_inputs(linear, classifier_keep))
             converted.append((name, type(linear).__name__, "IndexSelectLinear"))
+    if channels_last and example_inputs.dim() == 4:
+        # A conv whose weight is NHWC gives an NHWC output, so the whole network then runs in
+        # the layout oneDNN (CPU) and cuDNN under AMP are fastest in, even for NCHW inputs
+        # (docs/performance.md). Load replays it from this flag.
+        exported = exported.to(memory_format=torch.channels_last)
+        structure["channels_last"] = True
     exported.eval()
     inputs = verification_inputs(example_inputs)
     if classifier_keep is not None and classifier_keep < 1:
@@ -49,11 +55,13 @@ def condense_with_details(model: nn.Module, example_inputs: torch.Tensor, *, cla
 
 
 def condense(model: nn.Module, example_inputs: torch.Tensor, *, classifier_keep: float | None = None,
-             rtol: float = 1e-5) -> nn.Module:
+             rtol: float = 1e-5, channels_last: bool = True) -> nn.Module:
     """The deployed form of a trained model, proven equal to it on the example and on random
     inputs (max |Δ| ≤ rtol × output scale) unless a lossy option was asked for. The trained
-    model is left as it was (switched to eval mode)."""
-    return condense_with_details(model, example_inputs, classifier_keep=classifier_keep, rtol=rtol).model
+    model is left as it was (switched to eval mode). Image models come out with channels-last
+    weights unless `channels_last=False`."""
+    return condense_with_details(model, example_inputs, classifier_keep=classifier_keep, rtol=rtol,
+                                 channels_last=channels_last).model
 
 
 def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:

@@ -69,7 +69,8 @@ def export_checkpoint(cfg) -> dict:
     g = torch.Generator().manual_seed(0)
     example = torch.randn((int(cfg.verify_batch), *input_shape), generator=g)
 
-    result = condense_with_details(trained, example, classifier_keep=cfg.classifier_keep, rtol=float(cfg.rtol))
+    result = condense_with_details(trained, example, classifier_keep=cfg.classifier_keep, rtol=float(cfg.rtol),
+                                   channels_last=bool(cfg.get("channels_last", True)))
     report = build_report(trained, result, example, latency_rounds=int(cfg.latency_rounds),
                           latency_batch=int(cfg.latency_batch))
     report.update(checkpoint=str(path), model=spec["name"], input_shape=input_shape)

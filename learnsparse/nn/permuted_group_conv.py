@@ -1,9 +1,11 @@
-"""The deployed form of an FLGConv: gather inputs into group order → one grouped conv →
+"""The deployed form of an FLGConv: gather inputs into group order → grouped compute →
 outputs back to the original filter order.
 
-Groups of unequal sizes are padded to the largest: padding input slots read channel 0 with
-zero weights, padding filters are computed and dropped by the output index. One grouped
-conv call was faster here than a conv per group plus a concatenation (docs/flgc.md).
+Two layouts compute the groups, chosen per layer by `choose_layout`:
+- "padded": one `Conv2d(groups=G)`, every group padded to the largest (padding input slots read
+  channel 0 with zero weights, padding filters are computed and dropped by the output index);
+- "split": one conv per group on its slice of the gathered input, concatenated — no padding
+  work, at the cost of one call per group.
 Either index may be None once `fold_permutations` has moved it into a neighbouring layer.
 """
 from __future__ import annotations
@@ -11,23 +13,42 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+# Split when padding would add more than this fraction of work (docs/flgc.md, "Export speed").
+PADDING_WASTE_LIMIT = 1.15
+
 
 class PermutedGroupConv(nn.Module):
-    def __init__(self, conv: nn.Conv2d, in_index: torch.Tensor | None, out_index: torch.Tensor | None):
+    def __init__(self, conv: nn.Conv2d | nn.ModuleList, in_index: torch.Tensor | None,
+                 out_index: torch.Tensor | None):
         super().__init__()
         self.conv = conv
         self.register_buffer("in_index", in_index)
         self.register_buffer("out_index", out_index)
 
+    @property
+    def layout(self) -> str:
+        return "split" if isinstance(self.conv, nn.ModuleList) else "padded"
+
+    @property
+    def computed_channels(self) -> int:
+        """Channels the grouped compute produces (padding filters included)."""
+        if isinstance(self.conv, nn.ModuleList):
+            return sum(c.out_channels for c in self.conv)
+        return self.conv.out_channels
+
     @classmethod
     def from_assignment(cls, weight: torch.Tensor, bias: torch.Tensor | None, in_group: torch.Tensor,
-                        out_group: torch.Tensor, groups: int, stride, padding) -> "PermutedGroupConv":
+                        out_group: torch.Tensor, groups: int, stride, padding,
+                        layout: str = "auto") -> "PermutedGroupConv":
         """Vectorized: each filter's kept inputs are gathered with one index per group slot."""
+        if layout == "auto":
+            layout = choose_layout(in_group, out_group, groups)
+        if layout == "split":
+            return cls._split(weight, bias, in_group, out_group, groups, stride, padding)
         w = weight.detach()
         out_ch, in_ch, kh, kw = w.shape
-        in_sizes = torch.bincount(in_group, minlength=groups)
-        out_sizes = torch.bincount(out_group, minlength=groups)
-        max_in, max_out = int(in_sizes.max()), int(out_sizes.max())
+        max_in = int(torch.bincount(in_group, minlength=groups).max())
+        max_out = int(torch.bincount(out_group, minlength=groups).max())
         # Slot (g, r) holds the r-th input (filter) of group g; empty slots point at 0.
         in_slots = _slots(in_group, groups, max_in)    # [G, max_in], -1 where empty
         out_slots = _slots(out_group, groups, max_out)  # [G, max_out]
@@ -46,16 +67,61 @@ class PermutedGroupConv(nn.Module):
         position = torch.empty(out_ch, dtype=torch.long, device=w.device)
         flat = out_slots.reshape(-1)
         position[flat[flat >= 0]] = torch.nonzero(flat >= 0).flatten()
-        identity_in = in_index.numel() == in_ch and bool((in_index == torch.arange(in_ch, device=w.device)).all())
-        identity_out = position.numel() == groups * max_out and bool(
-            (position == torch.arange(out_ch, device=w.device)).all())
-        return cls(conv, None if identity_in else in_index, None if identity_out else position)
+        return cls(conv, _unless_identity(in_index, in_ch), _unless_identity(position, out_ch, groups * max_out))
+
+    @classmethod
+    def _split(cls, weight, bias, in_group, out_group, groups, stride, padding) -> "PermutedGroupConv":
+        w = weight.detach()
+        out_ch, in_ch, kh, kw = w.shape
+        in_order = torch.argsort(in_group, stable=True)    # inputs, group by group
+        out_order = torch.argsort(out_group, stable=True)  # filters, group by group
+        convs = nn.ModuleList()
+        for g in range(groups):
+            ins, outs = in_order[in_group[in_order] == g], out_order[out_group[out_order] == g]
+            if len(outs) == 0:
+                continue
+            if len(ins) == 0:
+                raise ValueError(f"group {g} has filters but no inputs: use the padded layout")
+            conv = nn.Conv2d(len(ins), len(outs), (kh, kw), stride, padding, bias=bias is not None).to(w.device)
+            conv.weight.data.copy_(w[outs][:, ins])
+            if bias is not None:
+                conv.bias.data.copy_(bias.detach()[outs])
+            convs.append(conv)
+        # Groups that compute nothing are skipped, so the input keeps only the groups that do.
+        used = torch.isin(in_group[in_order], out_group)
+        position = torch.empty(out_ch, dtype=torch.long, device=w.device)
+        position[out_order] = torch.arange(out_ch, device=w.device)
+        return cls(convs, _unless_identity(in_order[used], in_ch), _unless_identity(position, out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_index is not None:
             x = x.index_select(1, self.in_index)
-        y = self.conv(x)
+        if isinstance(self.conv, nn.ModuleList):
+            parts = x.split([c.in_channels for c in self.conv], dim=1)
+            y = torch.cat([conv(part) for conv, part in zip(self.conv, parts)], dim=1)
+        else:
+            y = self.conv(x)
         return y.index_select(1, self.out_index) if self.out_index is not None else y
+
+
+def choose_layout(in_group: torch.Tensor, out_group: torch.Tensor, groups: int) -> str:
+    """"split" when padding every group to the largest would cost more than PADDING_WASTE_LIMIT
+    times the useful work; "padded" otherwise, and always when a group has filters but no
+    inputs (there is no conv over zero channels; padding gives those filters their bias)."""
+    in_sizes = torch.bincount(in_group, minlength=groups)
+    out_sizes = torch.bincount(out_group, minlength=groups)
+    if bool(((in_sizes == 0) & (out_sizes > 0)).any()):
+        return "padded"
+    useful = int((in_sizes * out_sizes).sum())
+    padded = groups * int(in_sizes.max()) * int(out_sizes.max())
+    return "split" if padded > PADDING_WASTE_LIMIT * useful else "padded"
+
+
+def _unless_identity(index: torch.Tensor, size: int, length: int | None = None) -> torch.Tensor | None:
+    """None when gathering with `index` would return the tensor unchanged."""
+    if index.numel() != size or (length is not None and length != size):
+        return index
+    return None if bool((index == torch.arange(size, device=index.device)).all()) else index
 
 
 def _slots(group: torch.Tensor, groups: int, width: int) -> torch.Tensor:

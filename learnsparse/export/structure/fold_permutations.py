@@ -19,14 +19,11 @@ import torch.nn.functional as F
 
 from learnsparse.nn.permuted_group_conv import PermutedGroupConv
 
+from .tracing import trace
+
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Identity, nn.Dropout)
 _ELEMENTWISE_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu, torch.sigmoid}
 _ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid"}
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, PermutedGroupConv) or super().is_leaf_module(m, qualname)
 
 
 def _is_elementwise(node: fx.Node, modules: dict) -> bool:
@@ -62,22 +59,18 @@ def fold_output_permutations(model: nn.Module) -> int:
     """Fold every foldable `out_index` in place; returns how many were folded."""
     if not any(isinstance(m, PermutedGroupConv) and m.out_index is not None for m in model.modules()):
         return 0
-    try:
-        graph = _Tracer().trace(model)
-    except Exception:  # models with data-dependent control flow: nothing is folded
+    traced = trace(model)
+    if traced is None:
         return 0
+    graph, calls = traced
     modules = dict(model.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
     folded = 0
     for node in graph.nodes:
         layer = modules.get(node.target) if node.op == "call_module" else None
         if not isinstance(layer, PermutedGroupConv) or layer.out_index is None or calls[node.target] != 1:
             continue
         perm = layer.out_index  # original channel c lives at position perm[c] of the group output
-        if perm.numel() != layer.conv.out_channels:
+        if perm.numel() != layer.computed_channels:
             continue  # padded groups: a selection, not a permutation
         path = _path_to_readers(node, modules, calls)
         if path is None or not path[1]:

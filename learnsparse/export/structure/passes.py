@@ -4,7 +4,8 @@
    dependency graph never sees a block whose every channel is dead);
 2. dead channels go, through the dependency graph (recorded as Torch-Pruning's history);
 3. convolutions with few kept kernel fibres are lowered;
-4. output permutations of exported group convs move into the layers that read them.
+4. output permutations of exported group convs move into the layers that read them;
+5. BatchNorms that read a conv's output, and nothing else, fold into that conv.
 
 `edits` records what was done in plain values, so `replay` can rebuild the same shapes on a
 freshly built model without unpickling code.
@@ -23,11 +24,11 @@ from learnsparse.nn.permuted_group_conv import PermutedGroupConv
 
 from .channel_pruning import remove_dead_channels
 from .dead_branches import dead_branch_names, shortcut_only
+from .fold_batchnorm import fold_batchnorms
 from .fold_permutations import fold_output_permutations
 from .lowering import lowered_fibres
 
 DEPLOYED_GROUPING = (CondensedDenseBlock, IndexSelectGroupConv, PermutedGroupConv)
-
 
 
 def _has_dead_structure(model: nn.Module) -> bool:
@@ -66,6 +67,8 @@ def remove_structure(model: nn.Module, example_inputs: torch.Tensor) -> tuple[li
                      f"LoweredConv2d {lowered.weight.shape[1]} fibres"))
         edits["lowered"][name] = torch.stack([lowered.fibre_channel, lowered.fibre_row, lowered.fibre_col], 1)
     edits["permutations_folded"] = fold_output_permutations(model)
+    edits["batchnorm_folded"] = [list(p) for p in fold_batchnorms(model)]
+    rows += [(bn, "BatchNorm2d", f"folded into {conv}") for conv, bn in edits["batchnorm_folded"]]
     return rows, edits
 
 
@@ -87,3 +90,4 @@ def replay(model: nn.Module, edits: dict, example_inputs: torch.Tensor) -> None:
         model.set_submodule(name, LoweredConv2d(weight, fibres, bias, conv.kernel_size, conv.stride, conv.padding))
     if edits.get("permutations_folded"):
         fold_output_permutations(model)  # the same folds: the state dict then fills the values
+    fold_batchnorms(model, edits.get("batchnorm_folded", []), values=False)
