@@ -30,17 +30,24 @@ def _pair(v) -> tuple[int, int]:
 
 class FLGConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size=1, stride=1, padding=0, groups: int = 4,
-                 balanced: bool = False, temperature: float = 1.0, bias: bool = False):
+                 balanced: bool = False, temperature: float = 1.0, bias: bool = False,
+                 assignment_grad_scale: float = 10.0):
         super().__init__()
         if groups < 1 or groups > min(in_channels, out_channels):
             raise ValueError(f"groups must be in [1, min(in, out)] = [1, {min(in_channels, out_channels)}], "
                              f"got {groups}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if assignment_grad_scale <= 0:
+            raise ValueError(f"assignment_grad_scale must be > 0, got {assignment_grad_scale}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
         self.balanced = balanced
         self.temperature = temperature
+        # The logits' gradient, through a product of two one-hots and the weights, is small
+        # next to the weights' own: at the weights' learning rate the assignments would barely
+        # move in a realistic budget (docs/flgc.md). Scaling it is their learning rate multiplier.
+        self.assignment_grad_scale = assignment_grad_scale
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.in_logits = nn.Parameter(torch.empty(in_channels, groups))
@@ -55,13 +62,14 @@ class FLGConv(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         with torch.no_grad():
             self.weight.mul_(math.sqrt(self.groups))
-        # Start from the interleaved assignment (channel c in group c mod G), kept by a margin
-        # that training can overturn, plus noise so that ties break differently per channel.
+        # Start from the interleaved assignment (channel c in group c mod G), kept by a small
+        # margin that training overturns where the loss asks, plus noise so that ties break
+        # differently per channel.
         for logits in (self.in_logits, self.out_logits):
             n = logits.shape[0]
             with torch.no_grad():
                 logits.normal_(0, 0.01)
-                logits[torch.arange(n), torch.arange(n) % self.groups] += 0.5
+                logits[torch.arange(n), torch.arange(n) % self.groups] += 0.05
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, groups: int, balanced: bool = False, temperature: float = 1.0) -> "FLGConv":
@@ -85,7 +93,7 @@ class FLGConv(nn.Module):
 
     def _straight_through(self, logits: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
         one_hot = F.one_hot(hard, self.groups).to(logits.dtype)
-        soft = torch.softmax(logits / self.temperature, dim=1)
+        soft = torch.softmax(logits / self.temperature, dim=1) * self.assignment_grad_scale
         # (soft − soft.detach()) is exactly 0, so the value is exactly the one-hot; written
         # one_hot + soft − soft.detach() it would round (1 + s − s ≠ 1 in floating point).
         return one_hot + (soft - soft.detach())

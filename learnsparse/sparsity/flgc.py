@@ -30,7 +30,7 @@ log = logging.getLogger("learnsparse")
 class FLGCSchedule(HookBase):
     def __init__(self, model: nn.Module, groups: int = 4, balanced: bool = False, learn_fraction: float = 0.5,
                  temperature: float = 1.0, temperature_end: float | None = None, include: list[str] | None = None,
-                 exclude: list[str] | None = None, log_images: bool = True):
+                 exclude: list[str] | None = None, log_images: bool = True, assignment_grad_scale: float = 10.0):
         if not 0 <= learn_fraction <= 1:
             raise ValueError(f"learn_fraction must be in [0, 1], got {learn_fraction}")
         if temperature <= 0 or (temperature_end is not None and temperature_end <= 0):
@@ -39,6 +39,10 @@ class FLGCSchedule(HookBase):
             sparsify(model, "flgc", groups=groups, include=include, exclude=exclude, balanced=balanced,
                      temperature=temperature)
         self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, FLGConv)]
+        if assignment_grad_scale <= 0:
+            raise ValueError(f"assignment_grad_scale must be > 0, got {assignment_grad_scale}")
+        for _, m in self.layers:
+            m.assignment_grad_scale = assignment_grad_scale
         self.learn_fraction = learn_fraction
         self.temperature, self.temperature_end = temperature, temperature_end
         self.log_images = log_images
