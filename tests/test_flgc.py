@@ -139,6 +139,22 @@ def test_flgc_run_learns_assignments_then_freezes_and_exports(tiny_cfg, tmp_path
     result = condense_with_details(model.eval(), torch.randn(2, 3, 16, 16))
     assert sum(isinstance(m, PermutedGroupConv) for m in result.model.modules()) == 18
 
+    # learnsparse-export replays sparsify from the run's config; condensed.pt rebuilds the same
+    # layouts, folded permutations and BatchNorms, and computes what the trained model does.
+    from learnsparse.export import load
+    from learnsparse.export.from_checkpoint import export_checkpoint
+    from omegaconf import OmegaConf
+
+    export_checkpoint(OmegaConf.create({
+        "checkpoint": str(tmp_path / "run" / "checkpoints" / "last.pt"), "formats": ["pt"], "output_dir": None,
+        "classifier_keep": None, "channels_last": True, "rtol": 1e-5, "verify_batch": 4, "latency_batch": 2,
+        "latency_rounds": 1, "threads": None}))
+    deployed = load(tmp_path / "run" / "export" / "condensed.pt")
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+        assert (deployed(x) - expected).abs().max() <= 1e-5 * expected.abs().max()
+
 
 class _Chain(nn.Module):
     def __init__(self, balanced):
