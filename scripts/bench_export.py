@@ -40,14 +40,7 @@ def trained_model(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = create_model(name, num_classes=1000 if "c4" in name or "c8" in name else 10,
                          in_channels=INPUT.get(name, (3, 32))[0]).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-            if isinstance(m, LearnedGroupConv):
-                m.condense_to(m.max_stage)
-    return model
+    return _as_if_trained(model)
 
 
 def flgc_model(name: str, groups: int, include: list[str], balanced: bool, in_channels: int,
@@ -56,15 +49,23 @@ def flgc_model(name: str, groups: int, include: list[str], balanced: bool, in_ch
     torch.manual_seed(seed)
     model = create_model(name, num_classes=10, in_channels=in_channels).eval()
     sparsify(model, "flgc", groups=groups, include=include, balanced=balanced)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-            if isinstance(m, FLGConv):
-                m.in_logits.normal_(0, 1)
-                m.out_logits.normal_(0, 1)
-                m.freeze()
+    return _as_if_trained(model)
+
+
+@torch.no_grad()
+def _as_if_trained(model: torch.nn.Module) -> torch.nn.Module:
+    """BatchNorm statistics away from the identity, and learned structure at its end state
+    (LGC condensed to the last stage, FLGC assignments random and frozen)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+        elif isinstance(m, LearnedGroupConv):
+            m.condense_to(m.max_stage)
+        elif isinstance(m, FLGConv):
+            m.in_logits.normal_(0, 1)
+            m.out_logits.normal_(0, 1)
+            m.freeze()
     return model
 
 
