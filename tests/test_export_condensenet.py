@@ -90,3 +90,27 @@ def test_a_wrong_conversion_fails_loudly():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), _Broken())
     with pytest.raises(ExportMismatchError, match="differs from the trained one"):
         condense(model, torch.randn(2, 3, 8, 8))
+
+
+def test_fused_inference_path_equals_the_plain_ops_and_follows_new_weights():
+    # No grad: the dense blocks take the fused gather/BatchNorm/matmul path; with autograd on,
+    # the plain ops. Both must agree, at every batch size, and after the weights change in
+    # place (the fused path caches its operands).
+    deployed = condense(_trained("condensenet_mini", in_channels=1), torch.randn(2, 1, 28, 28))
+    for batch in (1, 3, 1):
+        x = torch.randn(batch, 1, 28, 28)
+        with torch.no_grad():
+            fused = deployed(x)
+        plain = deployed(x).detach()
+        assert (fused - plain).abs().max() <= 1e-5 * plain.abs().max()
+    with torch.no_grad():
+        for m in deployed.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.add_(0.3)
+                m.bias.mul_(-1)
+        for p in deployed.parameters():
+            if p.dim() == 3:  # the 1x1 layers' [G, out/G, in/G] weights
+                p.mul_(1.5)
+        fused = deployed(x)
+    plain = deployed(x).detach()
+    assert (fused - plain).abs().max() <= 1e-5 * plain.abs().max()

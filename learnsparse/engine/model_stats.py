@@ -13,11 +13,15 @@ def count_params(model: nn.Module) -> int:
 @torch.no_grad()
 def flops_by_module(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """FLOPs of one forward pass in eval mode (a multiply-add counts as 2), per module path
-    relative to `model`; '' is the whole model."""
+    relative to `model`; '' is the whole model.
+
+    Counted with autograd on, so layers run their plain ops: inference-only fast paths (the
+    deployed CondenseNet block adds a BatchNorm shift through an extra matmul column) would
+    otherwise count bias additions as multiply-adds."""
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, torch.enable_grad():
             model(example)
     finally:
         model.train(was_training)
