@@ -206,3 +206,28 @@ def test_assignments_learn_on_real_images(tmp_path):
     changed = [line["flgc_assignments_changed_pct"] for line in lines]
     assert sum(changed[:3]) > 0 and lines[-1]["flgc_frozen"] == 1
     assert metrics["val_top1"] > 40  # ten classes: it learned something (chance is 10%)
+
+
+def test_uneven_flgc_export_round_trips_through_pt2_and_onnx(tmp_path):
+    # Uneven random groups (per-group convs), folded permutations and BatchNorms, channels-last
+    # weights: torch.export and ONNX (checked under onnxruntime) capture the same function.
+    from learnsparse.export.artifacts import save_onnx, save_pt2
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=3).eval()
+    sparsify(model, "flgc", groups=3, include=["layer*.conv*"])
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FLGConv):
+                m.in_logits.normal_()
+                m.out_logits.normal_()
+                m.freeze()
+    x = torch.randn(2, 3, 32, 32)
+    deployed = condense_with_details(model, x).model
+    assert any(isinstance(m, PermutedGroupConv) and m.layout == "split" for m in deployed.modules())
+    assert save_onnx(tmp_path / "model.onnx", deployed, x) < 1e-4
+    save_pt2(tmp_path / "model.pt2", deployed, x)
+    program = torch.export.load(str(tmp_path / "model.pt2"))
+    y = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(program.module()(y), model(y), atol=1e-5 * float(model(y).abs().max()))
