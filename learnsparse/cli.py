@@ -4,7 +4,12 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import UserError
+from .errors import UserError, find_user_error
+
+# Hydra flags that print something instead of running: nothing to check before them.
+_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve", "--shell-completion",
+               "-sc", "--version")
+_CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -12,45 +17,93 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def _one_line(exc: BaseException) -> str:
-    """Hydra's composition errors span lines (options listed below); fold them into one."""
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return type(exc).__name__
-    head = lines[0]
-    if len(lines) > 1 and lines[1].startswith("Available options"):
-        head += f" (available: {', '.join(lines[2:])})"
-    return head
+def split_arguments(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(Hydra flags, user config folders named by --config-dir, overrides)."""
+    flags, config_dirs, overrides = [], [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        if name in _CONFIG_DIR_FLAGS:
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            config_dirs.append(value)
+            flags += [arg] if "=" in arg else argv[i:i + 2]
+            i += 1 if "=" in arg else 2
+            continue
+        (flags if arg.startswith("-") else overrides).append(arg)
+        i += 1
+    return flags, config_dirs, overrides
 
 
-def _preflight(argv: list[str], config_name: str, check) -> None:
-    """Compose and check the config before Hydra creates an output folder, so bad input
-    costs one clear line and leaves nothing behind. Multirun sweeps are left to Hydra."""
-    if any(a.startswith("-") for a in argv):
-        return
+def first_of_each_sweep(overrides: list[str]) -> list[str]:
+    """A multirun's overrides with every sweep cut to its first value: the first job's config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    out = []
+    for text, override in zip(overrides, parsed):
+        if override.is_sweep_override():
+            prefix = text.split("=", 1)[0]
+            out.append(f"{prefix}={next(iter(override.sweep_string_iterator()))}")
+        else:
+            out.append(text)
+    return out
+
+
+def whole_run_in_output_dir(flags: list[str], overrides: list[str]) -> list[str]:
+    """`paths.output_dir=DIR` moves the whole run: Hydra's own files (.hydra/, train.log) go
+    to DIR too, not only what learnsparse writes. In a sweep DIR holds one folder per job."""
+    given = [o for o in overrides if o.startswith("paths.output_dir=")]
+    if not given:
+        return overrides
+    directory = given[-1].split("=", 1)[1]
+    if any(f in ("-m", "--multirun") for f in flags):
+        if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
+            return [o for o in overrides if o not in given] + [f"hydra.sweep.dir={directory}"]
+        return overrides
+    if not any(o.startswith("hydra.run.dir=") for o in overrides):
+        return overrides + [f"hydra.run.dir={directory}"]
+    return overrides
+
+
+def compose_or_fail(overrides: list[str], config_name: str, config_dirs: list[str], check=None):
+    """Compose (and check) a config; bad input ends the process with one line."""
     from .config_dir import compose
+    from .config_errors import config_keys, describe
+
+    def valid_keys(bad_key: str) -> list[str]:
+        # Compose again without the override that named the unknown key, to list the real ones.
+        keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != bad_key]
+        try:
+            return config_keys(compose(keep, config_name, config_dirs))
+        except Exception:
+            return []
 
     try:
-        cfg = compose([a for a in argv if not a.startswith("hydra.")], config_name)
-        check(cfg)
-    except UserError as e:
-        _fail(str(e))
-    except Exception as e:  # Hydra's override and composition errors
-        _fail(_one_line(e))
+        cfg = compose(overrides, config_name, config_dirs)
+        if check is not None:
+            check(cfg)
+        return cfg
+    except Exception as e:
+        user = find_user_error(e)
+        if user is not None:
+            _fail(str(user))
+        _fail(describe(e, valid_keys))
 
 
-def _run_hydra(task, config_name: str, check) -> None:
-    try:
-        import hydra
+def _preflight(flags: list[str], config_dirs: list[str], overrides: list[str], config_name: str, check) -> None:
+    """Compose and check the config before Hydra creates an output folder, so bad input
+    costs one clear line and leaves nothing behind. A sweep is checked on its first job."""
+    if any(f.split("=", 1)[0] in _INFO_FLAGS for f in flags):
+        return
+    if any(f in ("-m", "--multirun") for f in flags):
+        try:
+            overrides = first_of_each_sweep(overrides)
+        except Exception as e:
+            from .config_errors import describe
 
-        from .config_dir import config_dir
-
-        path = str(config_dir())
-    except UserError as e:
-        _fail(str(e))
-    _preflight(sys.argv[1:], config_name, check)
-    hydra.main(version_base="1.3", config_path=path, config_name=config_name)(task)()
+            _fail(describe(e))
+    compose_or_fail([o for o in overrides if not o.startswith("hydra.")], config_name, config_dirs, check)
 
 
 def _train_task(cfg) -> None:
@@ -72,22 +125,41 @@ def _train_task(cfg) -> None:
     print(f"outputs: {metrics['output_dir']}")
 
 
+def train_main() -> None:
+    """learnsparse-train [--config-dir DIR] [-m] key=value ...  (Hydra; see --help)"""
+    import hydra
+
+    from .config_dir import CONFIG_MODULE  # importing it registers the config resolvers
+    from .engine.config_checks import check_config
+
+    flags, config_dirs, overrides = split_arguments(sys.argv[1:])
+    _preflight(flags, config_dirs, overrides, "train", check_config)
+    sys.argv = [sys.argv[0], *flags, *whole_run_in_output_dir(flags, overrides)]
+    hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(_train_task)()
+
+
+def export_help() -> str:
+    from .config_dir import config_dir
+
+    keys = (config_dir() / "export.yaml").read_text().strip()
+    return ("usage: learnsparse-export checkpoint=<path> [key=value ...]\n\n"
+            "Turns a training checkpoint into the deployed network, proves it equal to the trained one,\n"
+            "measures it, and writes export/condensed.pt, model.pt2, model.onnx and report.json.\n"
+            "Keys and their defaults (docs/export.md):\n\n" + keys)
+
+
 def export_main() -> None:
     """learnsparse-export checkpoint=<path> [formats=[pt,pt2,onnx]] [key=value ...]"""
-    from .config_dir import compose
-
     args = sys.argv[1:]
     if any(a in ("-h", "--help") for a in args):
-        print(export_main.__doc__)
+        print(export_help())
         return
-    try:
-        if "checkpoint" not in {a.split("=", 1)[0] for a in args}:
-            raise UserError("learnsparse-export needs checkpoint=<path to a training checkpoint>")
-        cfg = compose(args, config_name="export")
-    except UserError as e:
-        _fail(str(e))
-    except Exception as e:
-        _fail(_one_line(e))
+    flags, config_dirs, overrides = split_arguments(args)
+    if flags:
+        _fail(f"learnsparse-export takes key=value overrides only (got {flags[0]}); see --help")
+    if "checkpoint" not in {a.split("=", 1)[0] for a in overrides}:
+        _fail("learnsparse-export needs checkpoint=<path to a training checkpoint>")
+    cfg = compose_or_fail(overrides, "export", config_dirs)
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -101,12 +173,6 @@ def export_main() -> None:
     for kind, path in report["files"].items():
         print(f"wrote {kind}: {path}")
     print(f"report: {report['report']}")
-
-
-def train_main() -> None:
-    from .engine.config_checks import check_config
-
-    _run_hydra(_train_task, "train", check_config)
 
 
 if __name__ == "__main__":

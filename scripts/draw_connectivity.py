@@ -1,6 +1,6 @@
 """Draw each learned group conv's connectivity from a training checkpoint as PNG files.
 
-    python scripts/draw_connectivity.py <checkpoint> <output folder> [--layers 3]
+    python scripts/draw_connectivity.py <checkpoint or glob> <output folder> [--layers 3]
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from torchvision.utils import save_image
 
 from learnsparse.engine.checkpoint_io import load_checkpoint
-from learnsparse.export.from_checkpoint import model_from_checkpoint
+from learnsparse.export.from_checkpoint import model_from_checkpoint, resolve_checkpoint
 from learnsparse.nn import LearnedGroupConv
 from learnsparse.sparsity.connectivity import connectivity_image
 
@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None, help="draw only the first N layers")
     ap.add_argument("--cell", type=int, default=4, help="pixels per connection")
     args = ap.parse_args()
-    path = Path(args.checkpoint)
+    path = resolve_checkpoint(args.checkpoint)  # a path, or a glob naming the newest match
     model, _, _ = model_from_checkpoint(load_checkpoint(path), path)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

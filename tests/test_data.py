@@ -41,7 +41,7 @@ def test_missing_cifar_names_the_path_and_the_fix(tmp_path):
 def test_truncated_cifar_is_a_clear_error(tmp_path):
     write_cifar10(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x04garbage")
-    with pytest.raises(UserError, match="not found or corrupted"):
+    with pytest.raises(UserError, match="no readable cifar-10-batches-py"):
         cifar10(str(tmp_path))
 
 

@@ -12,7 +12,8 @@ from .conftest import TINY
 
 def test_two_process_gloo_run_ends_with_identical_weights(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           "-m", "learnsparse.cli", *TINY, "model=lenet5", "data.dataset.image_size=28", "trainer.epochs=2",
+           "-m", "learnsparse.cli", *TINY, "model=condensenet_mini", "data.in_channels=1", "sparsity=condensenet",
+           "trainer.channels_last=true", "trainer.epochs=2",
            f"hydra.run.dir={tmp_path}/run", "+sparsity.save._target_=tests.helpers.SaveWeightsAtEnd",
            f"+sparsity.save.directory={tmp_path}/weights"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -27,3 +28,7 @@ def test_two_process_gloo_run_ends_with_identical_weights(tmp_path):
     # 128 images, batch 32, 2 ranks: each rank takes 2 steps per epoch.
     assert ckpt["iter"] == 4
     assert proc.stdout.count("test accuracy") == 1  # rank 0 alone reports
+    output = proc.stdout + proc.stderr
+    assert output.count("epoch 1/2") == 1, output[-3000:]  # and alone logs
+    assert output.count("condensing: stage") == 2  # stages 1 and 3 (2 steps per epoch), once each
+    assert "Grad strides do not match" not in output  # DDP's spurious channels-last 1x1 warning

@@ -8,6 +8,7 @@ from learnsparse.errors import UserError
 
 from . import transforms as T
 from .bundle import DataBundle
+from .download import fetch
 
 
 class _FilesPresent:
@@ -36,13 +37,15 @@ class CIFAR100(_FilesPresent, datasets.CIFAR100):
 
 def _cifar(cls, name: str, num_classes: int, mean, std, root: str, download: bool) -> DataBundle:
     root = str(Path(root).expanduser())
+    if download:
+        fetch(name, lambda: cls(root, train=True, download=True), root)
     try:
-        train = cls(root, train=True, download=download, transform=T.small_image(32, 4, mean, std, True))
-        val = cls(root, train=False, download=download, transform=T.small_image(32, 4, mean, std, False))
+        train = cls(root, train=True, transform=T.small_image(32, 4, mean, std, True))
+        val = cls(root, train=False, transform=T.small_image(32, 4, mean, std, False))
     except (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError) as e:
         raise UserError(
-            f"{name} not found or corrupted under {root} (expected {cls.base_folder}/); "
-            f"set data.dataset.download=true to fetch it, or data.root=<dir holding it>"
+            f"{name}: no readable {cls.base_folder}/ under {root}; set data.root=<folder that holds "
+            f"{cls.base_folder}/>, or data.dataset.download=true to fetch it"
         ) from e
     return DataBundle(train, val, num_classes, 3, 32, name)
 

@@ -16,6 +16,7 @@ from learnsparse.errors import UserError
 
 from . import transforms as T
 from .bundle import DataBundle
+from .download import fetch
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FILES = {
@@ -92,13 +93,12 @@ def fashion_mnist(root: str, download: bool = False, train_subset: int | None = 
     if directory is None and download:
         from torchvision.datasets import FashionMNIST
 
-        FashionMNIST(str(root_path), train=True, download=True)
-        FashionMNIST(str(root_path), train=False, download=True)
+        fetch("fashion_mnist", lambda: FashionMNIST(str(root_path), train=True, download=True), str(root_path))
         directory = _locate(root_path)
     if directory is None:
         raise UserError(
-            f"fashion_mnist: IDX files not found under {root_path} or {DEBIAN_DIR}; "
-            f"run 'apt-get install dataset-fashion-mnist' or set data.dataset.download=true"
+            f"fashion_mnist: IDX files not found under {root_path} or {DEBIAN_DIR}; set data.root=<folder that "
+            f"holds them>, run 'apt-get install dataset-fashion-mnist', or set data.dataset.download=true"
         )
     splits = {}
     for split, (img_stem, lbl_stem) in _FILES.items():

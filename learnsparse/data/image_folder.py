@@ -15,7 +15,7 @@ def imagenet(root: str, image_size: int = 224, resize: int = 256) -> DataBundle:
         if not (root_path / split).is_dir():
             raise UserError(
                 f"imagenet: no folder {root_path / split}; expected ImageFolder layout "
-                f"{root_path}/{{train,val}}/<class>/<image> (set data.root)"
+                f"{root_path}/{{train,val}}/<class>/<image>; set data.root=<folder that holds train/ and val/>"
             )
     try:
         train = datasets.ImageFolder(str(root_path / "train"), T.imagenet(True, image_size, resize))

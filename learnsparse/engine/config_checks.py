@@ -3,7 +3,22 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from learnsparse.errors import UserError
+from learnsparse.errors import UserError, find_user_error
+
+
+def _resolves(cfg: DictConfig) -> None:
+    """Every interpolation resolves: a recipe's `${required:...}` keys are set, paths exist as
+    strings. Run-time-only values (Hydra's own) are left to the run."""
+    from omegaconf import OmegaConf
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:
+        user = find_user_error(e)
+        if user is not None:
+            raise user from None
+        if "HydraConfig was not set" not in str(e):
+            raise UserError(f"config: {str(e).splitlines()[0]}") from e
 
 
 def _positive(cfg: DictConfig, key: str, *, allow_zero: bool = False) -> None:
@@ -19,6 +34,7 @@ def _positive(cfg: DictConfig, key: str, *, allow_zero: bool = False) -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
+    _resolves(cfg)
     for key in ("trainer.epochs", "data.batch_size", "optim.lr"):
         _positive(cfg, key)
     for key in ("data.num_workers", "optim.weight_decay", "optim.momentum", "trainer.grad_clip"):

@@ -1,14 +1,50 @@
 """Find the checkpoint `trainer.resume` points at: a path, or `auto`."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import torch
 
 from learnsparse.errors import UserError
 
+log = logging.getLogger("learnsparse")
 
-def find_resume_checkpoint(resume: str | None, output_dir: Path, experiment_dir: Path | None) -> Path | None:
+# Keys that say where and how fast a run goes, not what it computes: a run that differs from
+# another only in these is the same run, and `auto` may continue it. `trainer.epochs` is one:
+# asking for more epochs continues a run (the usual way to train longer).
+_RUN_ONLY_KEYS = {
+    "paths", "hydra", "logger", "callbacks", "task_name", "trainer.epochs",
+    "trainer.resume", "trainer.device", "data.num_workers", "data.pin_memory", "data.eval_batch_size",
+    "data.root", "data.dataset.root", "data.dataset.download",
+}
+
+
+def training_identity(config: dict) -> dict:
+    """The part of a resolved config that decides the weights a run ends with."""
+
+    def strip(node, prefix=""):
+        if not isinstance(node, dict):
+            return node
+        return {k: strip(v, f"{prefix}{k}.") for k, v in node.items() if f"{prefix}{k}" not in _RUN_ONLY_KEYS}
+
+    return strip(config or {})
+
+
+def _config_of(path: Path) -> dict | None:
+    try:
+        # mmap: only the small config is read, not the weights.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return ckpt.get("config") if isinstance(ckpt, dict) else None
+
+
+def find_resume_checkpoint(resume: str | None, output_dir: Path, experiment_dir: Path | None,
+                           config: dict | None = None) -> Path | None:
     """`auto`: this run's last.pt if it has one, else the newest last.pt among earlier runs of
-    the same experiment (its sibling output folders); None when there is nothing to resume."""
+    the same experiment (its sibling output folders) whose configuration is this one's (up to
+    paths, device and loader settings); None when there is nothing to resume."""
     if not resume:
         return None
     if resume != "auto":
@@ -21,5 +57,13 @@ def find_resume_checkpoint(resume: str | None, output_dir: Path, experiment_dir:
         return own
     if experiment_dir is None or not experiment_dir.is_dir():
         return None
-    found = sorted(experiment_dir.glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+    found = sorted(experiment_dir.glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if config is None:
+        return found[0] if found else None
+    wanted = training_identity(config)
+    for path in found:
+        if training_identity(_config_of(path)) == wanted:
+            return path
+    if found:
+        log.info("trainer.resume=auto: no earlier run of %s has this configuration; starting fresh", experiment_dir)
+    return None

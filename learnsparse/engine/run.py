@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -69,9 +70,14 @@ def init_weights(model: torch.nn.Module, path: Path) -> None:
 def train(cfg: DictConfig) -> dict:
     check_config(cfg)
     dist_env = init_distributed(str(cfg.trainer.get("device", "auto")))
+    # Only rank 0 narrates (every rank takes the same decisions); warnings still show.
+    level = log.level
+    if not dist_env.is_main:
+        log.setLevel(max(level, logging.WARNING))
     try:
         return _train(cfg, dist_env)
     finally:
+        log.setLevel(level)
         shutdown_distributed()
 
 
@@ -128,7 +134,7 @@ def _train(cfg: DictConfig, dist_env: DistEnv) -> dict:
     trainer.register_hooks(hooks)
 
     experiment_dir = Path(cfg.paths.log_dir) / str(cfg.task_name) if cfg.paths.get("log_dir") else None
-    resume_from = find_resume_checkpoint(cfg.trainer.get("resume"), output_dir, experiment_dir)
+    resume_from = find_resume_checkpoint(cfg.trainer.get("resume"), output_dir, experiment_dir, resolved)
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location=device)
         try:
@@ -142,7 +148,11 @@ def _train(cfg: DictConfig, dist_env: DistEnv) -> dict:
         log.info("model %s: %s params, %.4g MFLOPs per image (%s MACs); %d epochs of %d steps on %s",
                  cfg.model.name, f"{stats['params']:,}", stats["flops"] / 1e6, f"{stats['macs']:,}", epochs,
                  len(train_loader), device)
-    trainer.train()
+    with warnings.catch_warnings():
+        # Channels-last 1x1 weights: DDP compares strides even over size-1 dimensions, where
+        # both layouts are the same memory, and warns on every step (pytorch/pytorch#157862).
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        trainer.train()
     final = dict(trainer.history[-1]) if trainer.history else {}
     final.update(output_dir=str(output_dir), params=stats["params"], flops=stats["flops"])
     return final

@@ -106,14 +106,25 @@ def save_pt2(path: Path, deployed: nn.Module, example: torch.Tensor) -> torch.ex
     return program
 
 
-def save_onnx(path: Path, deployed: nn.Module, example: torch.Tensor, rtol: float = 1e-5) -> float:
-    """Export to ONNX and check it with onnxruntime; returns the max difference found."""
+# Protocol buffers cannot hold 2 GiB; below this the weights go inside model.onnx itself, so
+# the one file is the whole model.
+ONNX_EMBED_LIMIT = 1_800_000_000
+
+
+def save_onnx(path: Path, deployed: nn.Module, example: torch.Tensor, rtol: float = 1e-5) -> tuple[float, list[str]]:
+    """Export to ONNX and check it with onnxruntime; returns the max difference found and the
+    files written: `model.onnx` alone, or with `model.onnx.data` when the weights are too
+    large to embed (both files are then needed, side by side)."""
     try:
         import numpy as np
         import onnxruntime as ort
     except ImportError as e:
         raise UserError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'learnsparse[onnx]'") from e
     batch = torch.export.Dim("batch", min=1, max=65536)
+    weight_bytes = sum(t.numel() * t.element_size() for t in deployed.state_dict().values())
+    external = weight_bytes > ONNX_EMBED_LIMIT
+    data_file = path.with_name(path.name + ".data")
+    data_file.unlink(missing_ok=True)  # a stale one from an earlier export would mislead
     # The exporter and its graph optimizer narrate every step on stdout and through logging;
     # the report says what matters (the check against onnxruntime below).
     quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
@@ -123,7 +134,7 @@ def save_onnx(path: Path, deployed: nn.Module, example: torch.Tensor, rtol: floa
             q.setLevel(logging.ERROR)
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             torch.onnx.export(deployed, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
-                              verbose=False)
+                              verbose=False, external_data=external)
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
@@ -136,5 +147,6 @@ def save_onnx(path: Path, deployed: nn.Module, example: torch.Tensor, rtol: floa
     scale = float(np.abs(expected).max())
     if not diff <= rtol * max(scale, 1e-12) * 10:  # ORT's kernels round differently from ATen's
         path.unlink(missing_ok=True)
+        data_file.unlink(missing_ok=True)
         raise UserError(f"ONNX model differs from the exported model under onnxruntime: max |Δ| = {diff:.3g}")
-    return diff
+    return diff, [str(path), *([str(data_file)] if data_file.exists() else [])]

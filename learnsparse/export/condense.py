@@ -24,9 +24,32 @@ class ExportResult:
     structure: dict = field(default_factory=dict)  # what the structure passes did (replayed by `load`)
 
 
-def condense_with_details(model: nn.Module, example_inputs: torch.Tensor, *, classifier_keep: float | None = None,
+def example_tensor(example_inputs) -> torch.Tensor:
+    """The one input tensor, given as torch.export takes it (a tuple of positional inputs) or
+    bare. The structure passes trace image classifiers, which take one tensor."""
+    if isinstance(example_inputs, torch.Tensor):
+        return example_inputs
+    if isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 1 \
+            and isinstance(example_inputs[0], torch.Tensor):
+        return example_inputs[0]
+    raise TypeError("example_inputs: a tensor or a tuple of one tensor (the model's input batch), got "
+                    f"{type(example_inputs).__name__}" + (f" of {len(example_inputs)}"
+                                                          if isinstance(example_inputs, (tuple, list)) else ""))
+
+
+def condense_with_details(model: nn.Module, example_inputs, *, classifier_keep: float | None = None,
                           rtol: float = 1e-5, channels_last: bool = True) -> ExportResult:
-    trained = model.eval()
+    """`condense`, with what was converted and the measured difference (see ExportResult)."""
+    example_inputs = example_tensor(example_inputs)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        return _condense(model.eval(), example_inputs, classifier_keep, rtol, channels_last)
+    finally:
+        for m, training in modes.items():  # the caller's model comes back in the mode it was in
+            m.training = training
+
+
+def _condense(trained: nn.Module, example_inputs: torch.Tensor, classifier_keep, rtol, channels_last) -> ExportResult:
     exported = copy.deepcopy(trained).eval()
     with torch.no_grad():
         rows = convert_modules(exported)
@@ -54,11 +77,11 @@ def condense_with_details(model: nn.Module, example_inputs: torch.Tensor, *, cla
     return ExportResult(exported, converted, diff, scale, structure=structure)
 
 
-def condense(model: nn.Module, example_inputs: torch.Tensor, *, classifier_keep: float | None = None,
+def condense(model: nn.Module, example_inputs, *, classifier_keep: float | None = None,
              rtol: float = 1e-5, channels_last: bool = True) -> nn.Module:
     """The deployed form of a trained model, proven equal to it on the example and on random
     inputs (max |Δ| ≤ rtol × output scale) unless a lossy option was asked for. The trained
-    model is left as it was (switched to eval mode). Image models come out with channels-last
+    model is left as it was, in the mode it was in. Image models come out with channels-last
     weights unless `channels_last=False`."""
     return condense_with_details(model, example_inputs, classifier_keep=classifier_keep, rtol=rtol,
                                  channels_last=channels_last).model

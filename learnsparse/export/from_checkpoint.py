@@ -1,7 +1,9 @@
 """`export_checkpoint(cfg)`: a training checkpoint in, export/ files and a report out."""
 from __future__ import annotations
 
+import glob
 import json
+import os
 import logging
 from pathlib import Path
 
@@ -56,14 +58,61 @@ def model_from_checkpoint(ckpt: dict, path: Path) -> tuple[torch.nn.Module, dict
     return model.eval(), spec, list(input_shape)
 
 
+def resolve_checkpoint(pattern: str) -> Path:
+    """A checkpoint path, or a glob (`outputs/quickstart/*/checkpoints/last.pt`) that names
+    the newest matching file: the docs' commands then run as written, whatever a run's
+    folder is called."""
+    if not any(c in pattern for c in "*?["):
+        return Path(pattern)
+    matches = sorted(map(Path, glob.glob(os.path.expanduser(pattern))), key=lambda p: p.stat().st_mtime)
+    if not matches:
+        raise UserError(f"checkpoint={pattern}: no file matches")
+    if len(matches) > 1:
+        log.info("checkpoint=%s: the newest of %d matches, %s", pattern, len(matches), matches[-1])
+    return matches[-1]
+
+
+def load_trained(checkpoint: str | Path) -> torch.nn.Module:
+    """The trained model a `learnsparse-train` checkpoint holds, in eval mode: what `condense`
+    takes. Its input shape is `model.input_shape` (one image, without the batch)."""
+    path = resolve_checkpoint(str(checkpoint))
+    model, _, input_shape = model_from_checkpoint(load_checkpoint(path), path)
+    model.input_shape = input_shape
+    return model
+
+
+def export(checkpoint: str | Path, **options) -> dict:
+    """`learnsparse-export` from Python: `options` are the keys of its config (export.yaml),
+    e.g. `export(path, formats=["pt", "onnx"], output_dir="deploy")`. Returns the report."""
+    from omegaconf import OmegaConf
+
+    from learnsparse.config_dir import compose
+
+    cfg = compose([f"checkpoint={checkpoint}"], config_name="export")
+    try:
+        cfg = OmegaConf.merge(cfg, options)
+    except Exception as e:
+        raise UserError(f"export: {first_line(e)}") from e
+    return export_checkpoint(cfg)
+
+
 def export_checkpoint(cfg) -> dict:
-    formats = list(cfg.formats)
+    previous_threads = torch.get_num_threads()
+    try:
+        return _export_checkpoint(cfg)
+    finally:
+        torch.set_num_threads(previous_threads)  # `threads` is for this export, not the process
+
+
+def _export_checkpoint(cfg) -> dict:
+    # `formats=pt2` on the command line is a string: one format, not a list of letters.
+    formats = [cfg.formats] if isinstance(cfg.formats, str) else list(cfg.formats)
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise UserError(f"formats: unknown {unknown}; choose from {list(FORMATS)}")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    path = Path(cfg.checkpoint)
+    path = resolve_checkpoint(str(cfg.checkpoint))
     ckpt = load_checkpoint(path)
     trained, spec, input_shape = model_from_checkpoint(ckpt, path)
     g = torch.Generator().manual_seed(0)
@@ -86,8 +135,11 @@ def export_checkpoint(cfg) -> dict:
         save_pt2(out / "model.pt2", result.model, example)
         files["pt2"] = str(out / "model.pt2")
     if "onnx" in formats:
-        report["onnx_max_abs_diff"] = save_onnx(out / "model.onnx", result.model, example, float(cfg.rtol))
-        files["onnx"] = str(out / "model.onnx")
+        report["onnx_max_abs_diff"], onnx_files = save_onnx(out / "model.onnx", result.model, example,
+                                                            float(cfg.rtol))
+        files["onnx"] = onnx_files[0]
+        if len(onnx_files) > 1:  # weights over the protobuf limit: this file must sit beside model.onnx
+            files["onnx weights"] = onnx_files[1]
     report["files"] = files
     report["report"] = str(out / "report.json")
     tmp = out / "report.json.tmp"

@@ -16,11 +16,30 @@ def build_report(trained: nn.Module, result: ExportResult, example: torch.Tensor
     latency = interleaved_latency({"trained": trained, "exported": result.model}, timing_input, rounds=latency_rounds)
     rows = []
     trained_modules, exported_modules = dict(trained.named_modules()), dict(result.model.named_modules())
-    for name, kind_before, kind_after in result.converted:
+
+    def row(name, kind_before, kind_after):
         before, after = trained_modules[name], exported_modules[name]
-        rows.append({"layer": name, "trained": kind_before, "deployed": kind_after,
-                     "params_before": count_params(before), "params_after": count_params(after),
-                     "macs_before": macs_before.get(name, 0), "macs_after": macs_after.get(name, 0)})
+        return {"layer": name, "trained": kind_before, "deployed": kind_after,
+                "params_before": count_params(before), "params_after": count_params(after),
+                "macs_before": int(macs_before.get(name, 0)), "macs_after": int(macs_after.get(name, 0))}
+
+    for name, kind_before, kind_after in result.converted:
+        rows.append(row(name, kind_before, kind_after))
+    # Layers no pass names but whose shape followed (a reader of removed channels, e.g. the
+    # classifier after the last conv lost channels) are rows too: every changed layer is listed.
+    covered = [r["layer"] for r in rows]
+    for name, after in exported_modules.items():
+        before = trained_modules.get(name)
+        if not name or before is None or next(after.children(), None) is not None:
+            continue
+        if any(name == c or name.startswith(c + ".") for c in covered):
+            continue
+        changed = (count_params(before) != count_params(after) or macs_before.get(name, 0) != macs_after.get(name, 0)
+                   or type(before) is not type(after))
+        if changed:
+            rows.append(row(name, layer_shape(before), layer_shape(after)))
+    order = {n: i for i, n in enumerate(trained_modules)}
+    rows.sort(key=lambda r: order.get(r["layer"], len(order)))
     return {
         "params_before": count_params(trained), "params_after": count_params(result.model),
         "macs_before": macs_before[""], "macs_after": macs_after[""],
@@ -32,24 +51,41 @@ def build_report(trained: nn.Module, result: ExportResult, example: torch.Tensor
     }
 
 
+def layer_shape(m: nn.Module) -> str:
+    """`Conv2d 16→32`, `Linear 800→10`, `BatchNorm2d 16`: a layer's kind and width."""
+    if isinstance(m, nn.Conv2d):
+        return f"{type(m).__name__} {m.in_channels}→{m.out_channels}"
+    if isinstance(m, nn.Linear):
+        return f"{type(m).__name__} {m.in_features}→{m.out_features}"
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return f"{type(m).__name__} {m.num_features}"
+    return type(m).__name__
+
+
+def format_table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Columns as wide as their widest cell; numbers (columns in `right`) right-aligned."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    return ["  ".join(str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            .rstrip() for r in [header, *rows]]
+
+
 def format_report(report: dict) -> str:
     def ratio(a, b):
         return f"{a / b:.2f}x" if b else "-"
 
-    lines = [
-        f"{'':<26}{'trained':>16}{'exported':>16}{'ratio':>10}",
-        f"{'params':<26}{report['params_before']:>16,}{report['params_after']:>16,}"
-        f"{ratio(report['params_before'], report['params_after']):>10}",
-        f"{'MACs / image':<26}{report['macs_before']:>16,}{report['macs_after']:>16,}"
-        f"{ratio(report['macs_before'], report['macs_after']):>10}",
-        f"{'latency ms (batch ' + str(report['latency_batch']) + ')':<26}{report['latency_ms_before']:>16.2f}"
-        f"{report['latency_ms_after']:>16.2f}{report['speedup']:>9.2f}x",
-        f"max |trained - exported| = {report['max_abs_diff']:.3g} (output scale {report['output_scale']:.3g})"
-        + ("" if report["exact"] else "  [lossy: classifier_keep]"),
-        "",
-        f"{'layer':<32}{'trained':<18}{'deployed':<22}{'params':>18}{'MACs':>24}",
-    ]
-    for r in report["layers"]:
-        lines.append(f"{r['layer']:<32}{r['trained']:<18}{r['deployed']:<22}"
-                     f"{r['params_before']:>8,} → {r['params_after']:<8,}{r['macs_before']:>11,} → {r['macs_after']:<11,}")
+    totals = format_table(["", "trained", "exported", "ratio"], [
+        ["params", f"{report['params_before']:,}", f"{report['params_after']:,}",
+         ratio(report["params_before"], report["params_after"])],
+        ["MACs / image", f"{int(report['macs_before']):,}", f"{int(report['macs_after']):,}",
+         ratio(report["macs_before"], report["macs_after"])],
+        [f"latency ms (batch {report['latency_batch']})", f"{report['latency_ms_before']:.2f}",
+         f"{report['latency_ms_after']:.2f}", f"{report['speedup']:.2f}x"],
+    ], right={1, 2, 3})
+    lines = [*totals,
+             f"max |trained - exported| = {report['max_abs_diff']:.3g} (output scale {report['output_scale']:.3g})"
+             + ("" if report["exact"] else "  [lossy: classifier_keep]"), ""]
+    layers = [[r["layer"], r["trained"], r["deployed"], f"{r['params_before']:,}", f"{r['params_after']:,}",
+               f"{int(r['macs_before']):,}", f"{int(r['macs_after']):,}"] for r in report["layers"]]
+    lines += format_table(["layer", "trained", "deployed", "params", "→ params", "MACs", "→ MACs"], layers,
+                          right={3, 4, 5, 6})
     return "\n".join(lines)

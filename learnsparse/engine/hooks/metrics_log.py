@@ -14,6 +14,15 @@ class MetricsLogHook(HookBase):
     def __init__(self, path: str):
         self.path = Path(path)
 
+    def before_train(self) -> None:
+        """Start the file from the run's history: a run resumed into a new folder then holds
+        every epoch, and one resumed in its own folder drops any line written after the
+        checkpoint it continues from."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(m, default=float) + "\n" for m in self.trainer.history))
+        tmp.replace(self.path)
+
     def after_epoch(self) -> None:
         m = self.trainer.epoch_metrics
         self.path.parent.mkdir(parents=True, exist_ok=True)
