@@ -3,7 +3,7 @@ smaller, faster network."""
 from .errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["UserError", "sparsify", "train", "__version__"]
+__all__ = ["UserError", "rebuild", "sparsify", "train", "__version__"]
 
 
 # `learnsparse.train` is this function; the training machinery lives in `learnsparse.engine`
@@ -22,3 +22,11 @@ def sparsify(model, method: str = "flgc", groups: int = 4, condense_factor: int 
     from .learned_grouping import sparsify as _sparsify
 
     return _sparsify(model, method, groups, condense_factor, include, exclude, balanced, temperature)
+
+
+def rebuild(record: dict):
+    """The module an architecture record describes (every checkpoint and condensed.pt carries
+    one under "record"); see `learnsparse.record`."""
+    from .record import rebuild as _rebuild
+
+    return _rebuild(record)

@@ -103,7 +103,7 @@ def _preflight(flags: list[str], config_dirs: list[str], overrides: list[str], c
             from .config_errors import describe
 
             _fail(describe(e))
-    compose_or_fail([o for o in overrides if not o.startswith("hydra.")], config_name, config_dirs, check)
+    compose_or_fail(whole_run_in_output_dir(flags, overrides), config_name, config_dirs, check)
 
 
 def _train_task(cfg) -> None:
@@ -130,10 +130,10 @@ def train_main() -> None:
     import hydra
 
     from .config_dir import CONFIG_MODULE  # importing it registers the config resolvers
-    from .engine.config_checks import check_config
+    from .engine.preflight import preflight
 
     flags, config_dirs, overrides = split_arguments(sys.argv[1:])
-    _preflight(flags, config_dirs, overrides, "train", check_config)
+    _preflight(flags, config_dirs, overrides, "train", preflight)
     sys.argv = [sys.argv[0], *flags, *whole_run_in_output_dir(flags, overrides)]
     hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(_train_task)()
 

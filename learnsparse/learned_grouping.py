@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from learnsparse.nn.flgc import FLGConv
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
+from learnsparse.record import declare_edit, register_edit
 
 log = logging.getLogger("learnsparse")
 METHODS = ("lgc", "flgc")
@@ -62,8 +63,12 @@ def sparsify(model: nn.Module, method: str = "flgc", groups: int = 4, condense_f
     if groups < 1:
         raise ValueError(f"groups must be ≥ 1, got {groups}")
     replaced, skipped = [], []
+    # The convs inside learned layers are theirs (a LearnedGroupConv wraps one).
+    learned = [n for n, m in model.named_modules() if isinstance(m, (FLGConv, LearnedGroupConv))]
     for name, conv in list(model.named_modules()):
         if type(conv) is not nn.Conv2d or not _matches(name, include, exclude):
+            continue
+        if any(name.startswith(prefix + ".") for prefix in learned):
             continue
         reason = _why_not(conv, method, groups, condense_factor)
         if reason:
@@ -76,4 +81,16 @@ def sparsify(model: nn.Module, method: str = "flgc", groups: int = 4, condense_f
                          f"method={method} with groups={groups}" + (f" (skipped: {skipped[:3]})" if skipped else ""))
     if skipped:
         log.info("sparsify: %d convs left as they are: %s", len(skipped), ", ".join(skipped))
+    declare_edit(model, "sparsify", method=method, groups=int(groups), condense_factor=int(condense_factor),
+                 include=_plain(include), exclude=_plain(exclude), balanced=bool(balanced),
+                 temperature=float(temperature))
     return {"replaced": replaced, "skipped": skipped}
+
+
+def _plain(patterns) -> list[str] | None:
+    return None if patterns is None else [str(p) for p in patterns]
+
+
+@register_edit("sparsify")
+def _redo_sparsify(model: nn.Module, edit: dict) -> None:
+    sparsify(model, **{k: v for k, v in edit.items() if k != "op"})

@@ -15,16 +15,11 @@ import statistics
 import tempfile
 
 import torch
-from omegaconf import OmegaConf
 
 from learnsparse import train
 from learnsparse.config_dir import compose
-from learnsparse.export import condense
+from learnsparse.export import condense, load_trained
 from learnsparse.export.measure import macs_by_module
-from learnsparse.engine.checkpoint_io import load_checkpoint
-from learnsparse.export.from_checkpoint import sparsify_args
-from learnsparse.learned_grouping import sparsify
-from learnsparse.models import create_model
 
 FLGC_1X1 = ["sparsity.flgc.groups=4", "sparsity.flgc.include=[*conv1]"]
 VARIANTS = {  # label: (model, sparsity overrides)
@@ -41,15 +36,6 @@ def deployed_macs(trained: torch.nn.Module) -> int:
     """MACs of the exported model, the structure as trained (assignments as learned)."""
     x = torch.randn(1, 1, 28, 28)
     return macs_by_module(condense(trained.eval(), x), x)[""]
-
-
-def trained_model(cfg, output_dir: str) -> torch.nn.Module:
-    model = create_model(cfg.model.name, num_classes=10, in_channels=1)
-    args = sparsify_args(OmegaConf.to_container(cfg, resolve=True))
-    if args:
-        sparsify(model, **args)
-    model.load_state_dict(load_checkpoint(f"{output_dir}/checkpoints/last.pt")["model"])
-    return model
 
 
 def main() -> None:
@@ -74,7 +60,7 @@ def main() -> None:
                                f"trainer.epochs={args.epochs}", f"data.dataset.train_subset={args.train_subset}",
                                "logger=none", f"paths.output_dir={out}"])
                 accs.append(train(cfg)["val_top1"])
-                macs.append(deployed_macs(trained_model(cfg, out)))
+                macs.append(deployed_macs(load_trained(f"{out}/checkpoints/last.pt")))
             print(f"{label} seed {seed}: {accs[-1]:.2f} ({macs[-1]:,} MACs)", flush=True)
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         rows.append((label, round(statistics.mean(macs)), statistics.mean(accs), std, accs))

@@ -96,3 +96,17 @@ class NaNAtStep(HookBase):
         if self.trainer.iter == self.step:
             return {"loss_reg_nan": torch.tensor(float("nan"))}
         return {}
+
+
+class FixedLossTerm(HookBase):
+    """Adds a zero loss term under a name it declares (to test clashes between hooks)."""
+
+    def __init__(self, term: str):
+        self.term = term
+
+    @property
+    def loss_names(self):
+        return (self.term,)
+
+    def extra_losses(self):
+        return {self.term: torch.zeros(())}

@@ -19,8 +19,11 @@ def test_stage_boundaries_follow_condensenet():
 
 class _FakeTrainer:
     def __init__(self):
+        from learnsparse.engine.events import EventStorage
+
         self.progress = 0.0
-        self.hooks = []
+        self.iter = 0
+        self.events = EventStorage()
 
 
 def test_passing_several_boundaries_at_once_applies_every_missed_stage():
@@ -37,9 +40,10 @@ def test_passing_several_boundaries_at_once_applies_every_missed_stage():
 def test_group_lasso_term_until_the_last_stage():
     model = create_model("condensenet_mini", in_channels=1)
     plugin = CondensingSchedule(model, group_lasso=1e-3)
+    plugin.name = "condensenet"  # as sparsity=condensenet names it
     plugin.trainer = _FakeTrainer()
     terms = plugin.extra_losses()
-    assert set(terms) == {"loss_reg_group_lasso"} and terms["loss_reg_group_lasso"] > 0
+    assert set(terms) == {"loss_reg_condensenet"} and terms["loss_reg_condensenet"] > 0
     plugin.trainer.progress = 0.6
     plugin.before_step()
     assert plugin.extra_losses() == {}
@@ -56,7 +60,7 @@ def test_condensing_run_checkpoints_and_resumes_its_structure(tiny_cfg, tmp_path
     metrics = train(tiny_cfg(*common, "trainer.epochs=2"))
     assert metrics["condense_stage"] == 3
     first_epoch = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
-    assert first_epoch["train_loss_reg_group_lasso"] > 0  # logged as its own term until the last stage
+    assert first_epoch["train_loss_reg_condensenet"] > 0  # logged as its own term until the last stage
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     masks = {k: v for k, v in ckpt["model"].items() if k.endswith(".mask")}
     assert masks and all(((m.sum(1) == m.shape[1] - 3 * (m.shape[1] // 4)).all()) for m in masks.values())
@@ -72,8 +76,8 @@ def test_crash_mid_condensing_then_resume_matches_uninterrupted(tiny_cfg, tmp_pa
               "trainer.epochs=4"]
     train(tiny_cfg(*common, f"paths.output_dir={tmp_path}/full"))
     with pytest.raises(NonFiniteLossError):
-        train(tiny_cfg(*common, f"paths.output_dir={tmp_path}/crash", "+logger.nan._target_=tests.helpers.NaNAtStep",
-                       "+logger.nan.step=5"))
+        train(tiny_cfg(*common, f"paths.output_dir={tmp_path}/crash", "+callbacks.nan._target_=tests.helpers.NaNAtStep",
+                       "+callbacks.nan.step=5"))
     assert load_checkpoint(tmp_path / "crash/checkpoints/last.pt")["hooks"]["condensenet"]["stages"][0] == 1
     train(tiny_cfg(*common, f"paths.output_dir={tmp_path}/crash", "trainer.resume=auto"))
     a = load_checkpoint(tmp_path / "full/checkpoints/last.pt")["model"]

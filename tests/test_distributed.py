@@ -14,8 +14,8 @@ def test_two_process_gloo_run_ends_with_identical_weights(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
            "-m", "learnsparse.cli", *TINY, "model=condensenet_mini", "data.in_channels=1", "sparsity=condensenet",
            "trainer.channels_last=true", "trainer.epochs=2",
-           f"hydra.run.dir={tmp_path}/run", "+sparsity.save._target_=tests.helpers.SaveWeightsAtEnd",
-           f"+sparsity.save.directory={tmp_path}/weights"]
+           f"hydra.run.dir={tmp_path}/run", "+callbacks.save._target_=tests.helpers.SaveWeightsAtEnd",
+           f"+callbacks.save.directory={tmp_path}/weights"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]

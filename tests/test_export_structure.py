@@ -183,8 +183,8 @@ def test_condensed_file_and_pt2_rebuild_the_structure(tmp_path, name):
     x = _inputs(name)
     result = condense_with_details(model, x)
     c, s = ARCHS[name]
-    save_condensed(tmp_path / "condensed.pt", result.model, model, {"name": name, "num_classes": 10, "in_channels": c},
-                   [c, s, s], structure_edits=result.structure)
+    spec = {"_target_": "learnsparse.models.create_model", "name": name, "num_classes": 10, "in_channels": c}
+    save_condensed(tmp_path / "condensed.pt", result.model, spec, [c, s, s])
     rebuilt = load(tmp_path / "condensed.pt")
     _assert_equal(result.model, rebuilt, x)
     assert count_params(rebuilt) == count_params(result.model)

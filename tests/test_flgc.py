@@ -231,3 +231,17 @@ def test_uneven_flgc_export_round_trips_through_pt2_and_onnx(tmp_path):
     y = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(program.module()(y), model(y), atol=1e-5 * float(model(y).abs().max()))
+
+
+def test_logged_macs_count_images_not_the_assignment_arithmetic():
+    """An FLGC layer builds its mask from the assignments once per forward; the MACs logged
+    per image are the conv's, as for the dense model it came from."""
+    import torchvision
+
+    from learnsparse import sparsify
+    from learnsparse.engine.model_stats import model_stats
+
+    model = torchvision.models.resnet18(num_classes=10)
+    dense = model_stats(model, torch.zeros(1, 3, 32, 32))["macs"]
+    sparsify(model, method="flgc", groups=4, include=["layer*.conv*"])
+    assert model_stats(model, torch.zeros(1, 3, 32, 32))["macs"] == dense

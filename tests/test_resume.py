@@ -18,8 +18,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, workers):
     assert full.returncode == 0, full.stderr
 
     # 3 steps per epoch: step 4 is in the middle of epoch 2 (index 1).
-    killed = run_cli(*common, f"hydra.run.dir={tmp_path}/crash", "+logger.kill._target_=tests.helpers.KillAtStep",
-                     "+logger.kill.step=4")
+    killed = run_cli(*common, f"hydra.run.dir={tmp_path}/crash", "+callbacks.kill._target_=tests.helpers.KillAtStep",
+                     "+callbacks.kill.step=4")
     assert killed.returncode == -signal.SIGKILL
     assert load_checkpoint(tmp_path / "crash/checkpoints/last.pt")["epoch"] == 0
 

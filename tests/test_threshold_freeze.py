@@ -42,7 +42,7 @@ def test_freeze_holds_zeros_through_momentum_and_weight_decay_and_resume(tiny_cf
     # 4 steps per epoch: frozen at step 8, crash at step 13, so the epoch-3 checkpoint resumes.
     with pytest.raises(NonFiniteLossError):
         train(tiny_cfg(*SSL_RUN, "trainer.epochs=4", f"paths.output_dir={tmp_path}/part",
-                       "+logger.nan._target_=tests.helpers.NaNAtStep", "+logger.nan.step=13"))
+                       "+callbacks.nan._target_=tests.helpers.NaNAtStep", "+callbacks.nan.step=13"))
     assert load_checkpoint(tmp_path / "part/checkpoints/last.pt")["hooks"]["threshold"]["masks"]
     train(tiny_cfg(*SSL_RUN, "trainer.epochs=4", f"paths.output_dir={tmp_path}/part", "trainer.resume=auto"))
     resumed = load_checkpoint(tmp_path / "part/checkpoints/last.pt")
@@ -85,3 +85,24 @@ def test_percentile_rule_kills_that_fraction_of_batchnorm_channels(tiny_cfg, tmp
     gammas = torch.cat([v for k, v in ckpt["model"].items() if k.startswith("features") and k.endswith(".weight")
                         and v.dim() == 1])
     assert (gammas == 0).float().mean().item() == pytest.approx(0.4, abs=0.01)
+
+
+def test_per_step_calls_do_not_walk_the_parameters(monkeypatch):
+    """after_backward and after_step run every step: before the freeze they do nothing, after
+    it they reuse one (parameter, mask) list."""
+    from learnsparse.sparsity.threshold_freeze import ThresholdFreeze
+
+    model = create_model("lenet5", num_classes=10, in_channels=1)
+    hook = ThresholdFreeze(model, at=0.5, tau=1e-3)
+    calls = []
+    real = type(model).named_parameters
+    monkeypatch.setattr(type(model), "named_parameters", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    for _ in range(3):
+        hook.after_backward()
+        hook.after_step()
+    assert calls == []
+    hook.masks = {"features.0.weight": torch.ones_like(model.features[0].weight, dtype=torch.bool)}
+    for _ in range(3):
+        hook.after_backward()
+        hook.after_step()
+    assert len(calls) == 1

@@ -99,7 +99,7 @@ def test_nan_run_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path):
     before = last.read_bytes()
     with pytest.raises(NonFiniteLossError, match="step 6 .*loss_reg_nan=nan"):
         train(tiny_cfg("model=lenet5", "data.dataset.image_size=28", "trainer.epochs=2", "trainer.resume=auto",
-                       "+logger.nan._target_=tests.helpers.NaNAtStep", "+logger.nan.step=6"))
+                       "+callbacks.nan._target_=tests.helpers.NaNAtStep", "+callbacks.nan.step=6"))
     assert last.read_bytes() == before
 
 

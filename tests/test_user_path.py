@@ -239,3 +239,23 @@ def test_compose_without_output_dir_gives_a_run_folder(tmp_path, monkeypatch):
     assert str(cfg.paths.output_dir).startswith("./outputs/train/")
     metrics = train(cfg)
     assert (tmp_path / metrics["output_dir"] / "checkpoints" / "last.pt").is_file()
+
+
+def test_library_calls_leave_global_state_alone():
+    """compose keeps a caller's Hydra initialization; timing keeps torch's loggers as set."""
+    import logging
+
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from learnsparse.config_dir import compose
+    from learnsparse.export.measure import interleaved_latency
+
+    with initialize_config_module("learnsparse.configs", version_base="1.3"):
+        outer = GlobalHydra.instance().hydra
+        compose(["model=lenet5"])
+        assert GlobalHydra.instance().is_initialized() and GlobalHydra.instance().hydra is outer
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    logger.setLevel(logging.INFO)
+    interleaved_latency({"m": torch.nn.Identity()}, torch.zeros(1), rounds=1, warmup=0)
+    assert logger.level == logging.INFO

@@ -14,7 +14,9 @@
     hook.after_train()
 
 A hook holds a weak reference to its trainer (`self.trainer`) so the two never form a
-cycle. `state_dict()`/`load_state_dict()` go into checkpoints under the hook's `name`, so a
+cycle. Hooks never look for each other: what they measure goes into `trainer.epoch_metrics`,
+what they draw or plot into `trainer.events` (learnsparse.engine.events), where the writers
+find it. `state_dict()`/`load_state_dict()` go into checkpoints under the hook's `name`, so a
 resumed run continues exactly.
 """
 from __future__ import annotations
@@ -58,6 +60,12 @@ class HookBase:
     @property
     def state_key(self) -> str:
         return self.name or type(self).__name__
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        """The terms `extra_losses` returns, checked for clashes when the run starts. By
+        convention a plugin's one term is `loss_reg_<its name>`; override to declare others."""
+        return (f"loss_reg_{self.state_key}",) if overrides(self, "extra_losses") else ()
 
 
 def overrides(hook: HookBase, method: str) -> bool:

@@ -10,27 +10,36 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
-def flops_by_module(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """FLOPs of one forward pass in eval mode (a multiply-add counts as 2), per module path
-    relative to `model`; '' is the whole model.
-
-    Counted with autograd on, so layers run their plain ops: inference-only fast paths (the
-    deployed CondenseNet block adds a BatchNorm shift through an extra matmul column) would
-    otherwise count bias additions as multiply-adds."""
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter, torch.enable_grad():
-            model(example)
-    finally:
-        model.train(was_training)
+def _forward_flops(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    with FlopCounterMode(display=False) as counter, torch.enable_grad():
+        model(example)
     root = type(model).__name__ + "."
     out = {"": counter.get_total_flops()}
     for key, ops in counter.get_flop_counts().items():
         if key.startswith(root):
             out[key[len(root):]] = sum(ops.values())
     return out
+
+
+@torch.no_grad()
+def flops_by_module(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """FLOPs per image of a forward pass in eval mode (a multiply-add counts as 2), per module
+    path relative to `model`; '' is the whole model.
+
+    Measured as the cost of two images minus that of one, so work done once per forward
+    whatever the batch — a trained layer building its mask from learned assignments — is not
+    counted as if every image paid it. Counted with autograd on, so layers run their plain
+    ops: inference-only fast paths (the deployed CondenseNet block adds a BatchNorm shift
+    through an extra matmul column) would otherwise count bias additions as multiply-adds."""
+    one = example[:1]
+    was_training = model.training
+    model.eval()
+    try:
+        single = _forward_flops(model, one)
+        double = _forward_flops(model, torch.cat([one, one]))
+    finally:
+        model.train(was_training)
+    return {k: double.get(k, 0) - v for k, v in single.items()}
 
 
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .events import EventStorage
 from .hook_base import HookBase, overrides
 from .seeding import epoch_seed, seed_everything
 
@@ -20,6 +21,21 @@ _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+def check_distinct(hooks: list[HookBase]) -> None:
+    """Every hook has its own checkpoint key and its own loss terms, or the run does not start."""
+    keys = [h.state_key for h in hooks]
+    dupes = {k for k in keys if keys.count(k) > 1}
+    if dupes:
+        raise ValueError(f"hooks share a state key {sorted(dupes)}: give each a distinct `name`")
+    owners: dict[str, str] = {"loss_ce": "the trainer"}
+    for h in hooks:
+        for term in h.loss_names:
+            if term in owners:
+                raise ValueError(f"loss term {term!r} is claimed by both {owners[term]} and {h.state_key}: "
+                                 f"each plugin needs its own term (loss_reg_<plugin name>)")
+            owners[term] = h.state_key
 
 
 class Trainer:
@@ -55,6 +71,8 @@ class Trainer:
         self.epoch_metrics: dict[str, float] = {}
         self.history: list[dict] = []
         self.hooks: list[HookBase] = []
+        # Scalars, images and histograms hooks report; the writers drain it on rank 0.
+        self.events = EventStorage(enabled=rank == 0)
 
     # ---- hooks -------------------------------------------------------------------------
     def register_hooks(self, hooks: Iterable[HookBase]) -> None:
@@ -63,10 +81,7 @@ class Trainer:
                 continue
             h.trainer = weakref.proxy(self)
             self.hooks.append(h)
-        keys = [h.state_key for h in self.hooks]
-        dupes = {k for k in keys if keys.count(k) > 1}
-        if dupes:
-            raise ValueError(f"hooks share a state key {sorted(dupes)}: give each a distinct `name`")
+        check_distinct(self.hooks)
         # Per-step points are hot: call only hooks that implement them.
         self._step_hooks = {m: [h for h in self.hooks if overrides(h, m)]
                             for m in ("before_step", "extra_losses", "after_backward", "after_step")}
@@ -129,6 +144,7 @@ class Trainer:
             # Appended before the hooks fill it, so the checkpoint written in after_epoch has it.
             self.history.append(self.epoch_metrics)
             self._call("after_epoch")
+            self.events.drain()  # what no writer took this epoch is dropped, not kept for the run
         self._call("after_train")
 
     def _start_epoch_rng(self) -> None:
@@ -151,7 +167,11 @@ class Trainer:
             logits = self.model(images)
             losses = {"loss_ce": F.cross_entropy(logits, targets)}
             for h in self._step_hooks["extra_losses"]:
-                losses.update(h.extra_losses())
+                for term, value in h.extra_losses().items():
+                    if term in losses:  # a term nobody declared, clashing: never overwrite silently
+                        raise ValueError(f"loss term {term!r} from {h.state_key} is already in this step's "
+                                         f"losses; declare distinct `loss_names`")
+                    losses[term] = value
         total = sum(losses.values())
         # One host sync per step: the price of naming the exact step where training diverged.
         if not torch.isfinite(total):

@@ -1,8 +1,9 @@
 """Files an export writes: condensed.pt, model.pt2, model.onnx.
 
 `condensed.pt` holds only plain tensors and values (it loads with `weights_only=True`): the
-deployed weights, the model's registry name and arguments, and the learned structure (the
-masks) that fixes the deployed layers' shapes. `load()` rebuilds the deployed model from it.
+deployed weights and the architecture record of the deployed model — the trained model's
+`_target_` and arguments, the edits that made it (sparsify, convert, structure passes, …) and
+its learned structure. `load()` rebuilds the deployed model from the record.
 """
 from __future__ import annotations
 
@@ -16,81 +17,50 @@ import torch
 import torch.nn as nn
 
 from learnsparse.engine.checkpoint_io import read_weights_only, save_atomic
-from learnsparse.errors import UserError
-from learnsparse.nn.flgc import FLGConv
-from learnsparse.nn.learned_group_conv import LearnedGroupConv
-from learnsparse.learned_grouping import sparsify
-
-from .classifier import prune_classifier_inputs
-from .condense import _last_linear
-from .registry import convert_modules
-from .structure.passes import replay
+from learnsparse.errors import UserError, first_line
+from learnsparse.record import architecture_record, rebuild
 
 FORMAT = "learnsparse.condensed"
-VERSION = 1
+VERSION = 2
 
 
-def structure_of(trained: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """The learned structure that fixes deployed shapes: LGC masks, FLGC assignments."""
-    structure = {}
-    for name, m in trained.named_modules():
-        if isinstance(m, LearnedGroupConv):
-            structure[name] = {"mask": m.mask.detach().cpu().clone(), "stage": m.stage.detach().cpu().clone()}
-        elif isinstance(m, FLGConv):
-            in_group, out_group = m.assignments()
-            structure[name] = {"in_group": in_group.cpu().clone(), "out_group": out_group.cpu().clone()}
-    return structure
-
-
-def _restore_structure(model: nn.Module, structure: dict) -> None:
-    modules = dict(model.named_modules())
-    for name, st in structure.items():
-        m = modules[name]
-        if isinstance(m, FLGConv):
-            m.in_group.copy_(st["in_group"])
-            m.out_group.copy_(st["out_group"])
-            m.frozen.fill_(True)
-        else:
-            m.mask.copy_(st["mask"])
-            m.stage.copy_(st["stage"])
-
-
-def save_condensed(path: Path, deployed: nn.Module, trained: nn.Module, model_spec: dict, input_shape: list[int],
-                   classifier_keep: float | None = None, structure_edits: dict | None = None,
-                   sparsified: dict | None = None) -> None:
-    """`sparsified`: the `learnsparse.sparsify` arguments that turned the registry model into
-    the trained one (sparsity=flgc/lgc on any model), replayed by `load`."""
+def save_condensed(path: Path, deployed: nn.Module, model_config: dict, input_shape: list[int]) -> None:
+    """`deployed` carries its edits (declared by `condense`); `model_config` is the trained
+    model's `_target_` node."""
     save_atomic({
-        "format": FORMAT, "version": VERSION, "model": dict(model_spec), "input_shape": list(input_shape),
-        "sparsify": dict(sparsified) if sparsified else None,
-        "structure": structure_of(trained), "structure_edits": structure_edits or {},
-        "classifier_keep": classifier_keep,
+        "format": FORMAT, "version": VERSION, "record": architecture_record(deployed, model_config),
+        "input_shape": list(input_shape),
         "state_dict": {k: v.detach().cpu() for k, v in deployed.state_dict().items()},
     }, path)
 
 
 def load(path: str | Path, map_location="cpu") -> nn.Module:
     """Rebuild a deployed model from `condensed.pt` (no code is unpickled)."""
-    from learnsparse.models import create_model
-
     blob = read_weights_only(path, "condensed model")
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+    if getattr(blob, "get", None) is None or blob.get("format") != FORMAT:  # not a dict: not ours
         raise UserError(f"{path} is not a learnsparse condensed model")
-    model = create_model(**blob["model"]).eval()
-    if blob.get("sparsify"):
-        sparsify(model, **blob["sparsify"])
-    with torch.no_grad():
-        _restore_structure(model, blob["structure"])
-        convert_modules(model)
-    replay(model, blob.get("structure_edits") or {}, torch.zeros(1, *blob["input_shape"]))
-    with torch.no_grad():
-        if blob.get("classifier_keep"):
-            name, linear = _last_linear(model)
-            model.set_submodule(name, prune_classifier_inputs(linear, blob["classifier_keep"]))
-    model.load_state_dict(blob["state_dict"])
-    if (blob.get("structure_edits") or {}).get("channels_last"):
-        model = model.to(memory_format=torch.channels_last)
+    record = blob["record"] if blob.get("version", 1) >= 2 else record_from_version_1(blob)
+    try:
+        model = rebuild(record).eval()
+        model.load_state_dict(blob["state_dict"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: the deployed model cannot be rebuilt ({first_line(e)})") from e
+    model.input_shape = list(blob["input_shape"])
     return model.to(map_location).eval()
+
+
+def record_from_version_1(blob: dict) -> dict:
+    """Files written before the record: registry name, sparsify arguments, masks, pass edits."""
+    edits = [{"op": "sparsify", **blob["sparsify"]}] if blob.get("sparsify") else []
+    passes = dict(blob.get("structure_edits") or {})
+    edits += [{"op": "convert", "structure": blob.get("structure", {})},
+              {"op": "structure_passes", "edits": passes, "input_shape": blob["input_shape"]}]
+    if blob.get("classifier_keep") and blob["classifier_keep"] < 1:
+        edits.append({"op": "prune_classifier", "keep": blob["classifier_keep"]})
+    if passes.get("channels_last"):
+        edits.append({"op": "memory_format", "channels_last": True})
+    return {"model": {"_target_": "learnsparse.models.create_model", **blob["model"]}, "edits": edits,
+            "structure": {}}
 
 
 def save_pt2(path: Path, deployed: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:

@@ -31,3 +31,10 @@ def prune_classifier_inputs(linear: nn.Linear, keep: float) -> IndexSelectLinear
         if linear.bias is not None:
             out.bias.copy_(linear.bias)
     return IndexSelectLinear(index, out)
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("classifier_keep needs a model with a final nn.Linear")
+    return linears[-1]

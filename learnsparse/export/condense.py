@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from . import condensenet_converter, flgc_converter, lgc_converter  # noqa: F401  (registers converters)
-from .classifier import prune_classifier_inputs
+from learnsparse.record import declare_edit, structure_of
+
+from . import condensenet_converter, flgc_converter, lgc_converter  # noqa: F401  (built-in layer types)
+from .classifier import last_linear, prune_classifier_inputs
 from .registry import convert_modules
 from .structure.passes import remove_structure
 from .verify import check_equivalent, max_difference, verification_inputs
@@ -51,25 +53,31 @@ def condense_with_details(model: nn.Module, example_inputs, *, classifier_keep: 
 
 def _condense(trained: nn.Module, example_inputs: torch.Tensor, classifier_keep, rtol, channels_last) -> ExportResult:
     exported = copy.deepcopy(trained).eval()
+    # Each step is declared on the exported model's record, so `load` rebuilds the same layers.
+    declare_edit(exported, "convert", structure=structure_of(exported))
     with torch.no_grad():
         rows = convert_modules(exported)
     converted = [(n, type(old).__name__, type(new).__name__) for n, old, new in rows]
     structure_rows, structure = remove_structure(exported, example_inputs[:1])
+    declare_edit(exported, "structure_passes", edits=structure, input_shape=list(example_inputs.shape[1:]))
     converted += structure_rows
-    with torch.no_grad():
-        if classifier_keep is not None and classifier_keep < 1:
-            name, linear = _last_linear(exported)
+    lossy = classifier_keep is not None and classifier_keep < 1
+    if lossy:
+        with torch.no_grad():
+            name, linear = last_linear(exported)
             exported.set_submodule(name, prune_classifier_inputs(linear, classifier_keep))
-            converted.append((name, type(linear).__name__, "IndexSelectLinear"))
+        declare_edit(exported, "prune_classifier", keep=float(classifier_keep))
+        converted.append((name, type(linear).__name__, "IndexSelectLinear"))
     if channels_last and example_inputs.dim() == 4:
         # A conv whose weight is NHWC gives an NHWC output, so the whole network then runs in
         # the layout oneDNN (CPU) and cuDNN under AMP are fastest in, even for NCHW inputs
-        # (docs/performance.md). Load replays it from this flag.
+        # (docs/performance.md).
         exported = exported.to(memory_format=torch.channels_last)
+        declare_edit(exported, "memory_format", channels_last=True)
         structure["channels_last"] = True
     exported.eval()
     inputs = verification_inputs(example_inputs)
-    if classifier_keep is not None and classifier_keep < 1:
+    if lossy:
         # Lossy by request: measured and reported, not required to match.
         diff, scale = max_difference(trained, exported, inputs)
         return ExportResult(exported, converted, diff, scale, exact=False, structure=structure)
@@ -85,11 +93,3 @@ def condense(model: nn.Module, example_inputs, *, classifier_keep: float | None 
     weights unless `channels_last=False`."""
     return condense_with_details(model, example_inputs, classifier_keep=classifier_keep, rtol=rtol,
                                  channels_last=channels_last).model
-
-
-def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("classifier_keep needs a model with a final nn.Linear")
-    return linears[-1]
-

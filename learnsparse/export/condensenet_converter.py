@@ -9,7 +9,7 @@ from learnsparse.nn.condensed_dense_block import CondensedDenseBlock, CondensedD
 from learnsparse.nn.deployed import IndexSelectGroupConv
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
 
-from .registry import register_converter
+from learnsparse.layer_types import register_layer_type
 
 
 def _bn_subset(bn: nn.BatchNorm2d, index: torch.Tensor) -> nn.BatchNorm2d:
@@ -36,8 +36,10 @@ def convert_dense_layer(layer: DenseLayer) -> CondensedDenseLayer:
                                _bn_subset(layer.norm2, order), conv2)
 
 
-@register_converter(DenseBlock)
 def convert_dense_block(block: DenseBlock) -> CondensedDenseBlock | None:
     if not all(isinstance(layer.conv1, LearnedGroupConv) for layer in block):
         return None  # a baseline variant (fixed or dense 1x1): already deployable as it is
     return CondensedDenseBlock([convert_dense_layer(layer) for layer in block], block.in_channels)
+
+
+register_layer_type(DenseBlock, converter=convert_dense_block)

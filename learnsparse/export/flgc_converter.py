@@ -1,12 +1,27 @@
-"""FLGConv → PermutedGroupConv with its current hard assignment."""
+"""FLGConv → PermutedGroupConv with its current hard assignment; its learned structure is
+the assignment of inputs and filters to groups."""
+import torch
+
+from learnsparse.layer_types import register_layer_type
 from learnsparse.nn.flgc import FLGConv
 from learnsparse.nn.permuted_group_conv import PermutedGroupConv
 
-from .registry import register_converter
 
-
-@register_converter(FLGConv)
 def convert_flgc(module: FLGConv) -> PermutedGroupConv:
     in_group, out_group = module.assignments()
     return PermutedGroupConv.from_assignment(module.weight, module.bias, in_group, out_group, module.groups,
                                              module.stride, module.padding)
+
+
+def save_structure(m: FLGConv) -> dict[str, torch.Tensor]:
+    in_group, out_group = m.assignments()
+    return {"in_group": in_group.cpu().clone(), "out_group": out_group.cpu().clone()}
+
+
+def restore_structure(m: FLGConv, structure: dict[str, torch.Tensor]) -> None:
+    m.in_group.copy_(structure["in_group"])
+    m.out_group.copy_(structure["out_group"])
+    m.frozen.fill_(True)
+
+
+register_layer_type(FLGConv, converter=convert_flgc, save_structure=save_structure, restore_structure=restore_structure)

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import torch
 
-from learnsparse.engine.checkpoint_io import load_checkpoint, save_atomic
+from learnsparse.engine.checkpoint_io import load_checkpoint
 from learnsparse.errors import UserError, first_line
-from learnsparse.models import create_model
-from learnsparse.learned_grouping import sparsify
 
 from .artifacts import save_condensed, save_onnx, save_pt2
 from .condense import condense_with_details
@@ -22,40 +20,41 @@ log = logging.getLogger("learnsparse")
 FORMATS = ("pt", "pt2", "onnx")
 
 
-_SPARSIFY_PLUGINS = {  # plugin class → (method, the plugin arguments sparsify takes)
-    "FLGCSchedule": ("flgc", ("groups", "include", "exclude", "balanced", "temperature")),
-    "LGCSchedule": ("lgc", ("groups", "condense_factor", "include", "exclude")),
-}
+def checkpoint_record(ckpt: dict, path: Path) -> dict:
+    """The architecture record a checkpoint carries. Checkpoints written before records had
+    one get it from their config: the model node, then the sparsity plugins built on it (they
+    declare the edits they make, as in training)."""
+    if ckpt.get("record"):
+        return ckpt["record"]
+    config = ckpt.get("config") or {}
+    if "_target_" not in (config.get("model") or {}):
+        raise UserError(f"checkpoint {path} has no architecture record or model config; "
+                        f"it was not written by learnsparse-train")
+    from omegaconf import OmegaConf
 
+    from learnsparse.engine.run import build_plugins
+    from learnsparse.record import architecture_record, rebuild
 
-def sparsify_args(config: dict) -> dict | None:
-    """The `learnsparse.sparsify` call a run's sparsity plugins made on its registry model."""
-    for entry in (config.get("sparsity") or {}).values():
-        kind = str((entry or {}).get("_target_", "")).rsplit(".", 1)[-1]
-        if kind in _SPARSIFY_PLUGINS:
-            method, keys = _SPARSIFY_PLUGINS[kind]
-            return {"method": method, **{k: entry[k] for k in keys if k in entry}}
-    return None
+    model = rebuild({"model": config["model"], "edits": [], "structure": {}})
+    build_plugins(OmegaConf.create({"sparsity": config.get("sparsity") or {}}), model)
+    return architecture_record(model, config["model"])
 
 
 def model_from_checkpoint(ckpt: dict, path: Path) -> tuple[torch.nn.Module, dict, list[int]]:
-    config = ckpt.get("config") or {}
-    model_cfg = config.get("model") or {}
-    if "name" not in model_cfg:
-        raise UserError(f"checkpoint {path} has no model config; it was not written by learnsparse-train")
-    spec = {"name": model_cfg["name"], "num_classes": int(model_cfg["num_classes"]),
-            "in_channels": int(model_cfg["in_channels"])}
-    model = create_model(**spec)
-    if sparsify_args(config):
-        sparsify(model, **sparsify_args(config))
+    """(the trained model with the checkpoint's weights, its model config, its input shape)."""
+    from learnsparse.record import model_name, rebuild
+
+    record = checkpoint_record(ckpt, path)
     try:
+        model = rebuild(record)
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {path} does not fit model {spec['name']} ({first_line(e)})") from e
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"checkpoint {path} does not fit its model {model_name(record['model'])} "
+                        f"({first_line(e)})") from e
     input_shape = ckpt.get("input_shape")
     if not input_shape:
         raise UserError(f"checkpoint {path} does not record the input shape")
-    return model.eval(), spec, list(input_shape)
+    return model.eval(), dict(record["model"]), list(input_shape)
 
 
 def resolve_checkpoint(pattern: str) -> Path:
@@ -114,7 +113,7 @@ def _export_checkpoint(cfg) -> dict:
         torch.set_num_threads(int(cfg.threads))
     path = resolve_checkpoint(str(cfg.checkpoint))
     ckpt = load_checkpoint(path)
-    trained, spec, input_shape = model_from_checkpoint(ckpt, path)
+    trained, model_config, input_shape = model_from_checkpoint(ckpt, path)
     g = torch.Generator().manual_seed(0)
     example = torch.randn((int(cfg.verify_batch), *input_shape), generator=g)
 
@@ -122,14 +121,15 @@ def _export_checkpoint(cfg) -> dict:
                                    channels_last=bool(cfg.get("channels_last", True)))
     report = build_report(trained, result, example, latency_rounds=int(cfg.latency_rounds),
                           latency_batch=int(cfg.latency_batch))
-    report.update(checkpoint=str(path), model=spec["name"], input_shape=input_shape)
+    from learnsparse.record import model_name
+
+    report.update(checkpoint=str(path), model=model_name(model_config), input_shape=input_shape)
 
     out = Path(cfg.output_dir) if cfg.output_dir else path.resolve().parent.parent / "export"
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     if "pt" in formats:
-        save_condensed(out / "condensed.pt", result.model, trained, spec, input_shape, cfg.classifier_keep,
-                       result.structure, sparsify_args(ckpt.get("config") or {}))
+        save_condensed(out / "condensed.pt", result.model, model_config, input_shape)
         files["pt"] = str(out / "condensed.pt")
     if "pt2" in formats:
         save_pt2(out / "model.pt2", result.model, example)

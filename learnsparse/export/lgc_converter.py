@@ -1,10 +1,20 @@
-"""A learned group conv anywhere in a model → index-select + grouped conv + shuffle."""
+"""LearnedGroupConv (anywhere in a model) → index-select + grouped conv + shuffle; its
+learned structure is the mask and the stage reached."""
+import torch
+
+from learnsparse.layer_types import register_layer_type
 from learnsparse.nn.deployed import IndexSelectGroupConv
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
 
-from .registry import register_converter
+
+def save_structure(m: LearnedGroupConv) -> dict[str, torch.Tensor]:
+    return {"mask": m.mask.detach().cpu().clone(), "stage": m.stage.detach().cpu().clone()}
 
 
-@register_converter(LearnedGroupConv)
-def convert_learned_group_conv(module: LearnedGroupConv) -> IndexSelectGroupConv:
-    return IndexSelectGroupConv.from_trained(module)
+def restore_structure(m: LearnedGroupConv, structure: dict[str, torch.Tensor]) -> None:
+    m.mask.copy_(structure["mask"])
+    m.stage.copy_(structure["stage"])
+
+
+register_layer_type(LearnedGroupConv, converter=IndexSelectGroupConv.from_trained, save_structure=save_structure,
+                    restore_structure=restore_structure)

@@ -21,8 +21,13 @@ def interleaved_latency(models: dict[str, nn.Module], example: torch.Tensor, rou
     """Median seconds per forward, models timed in turn each round so noise hits all alike."""
     # torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on CPU-only
     # machines; that says nothing about timing.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils.benchmark import Timer
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        quiet.setLevel(level)  # only for that import: the logger is the caller's again
 
     for _ in range(warmup):
         for m in models.values():

@@ -1,25 +1,26 @@
-"""Converters: one per trained layer kind, each mapping it to its deployed form."""
+"""Converting trained layers: each registered trained layer type maps to its deployed form."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch.nn as nn
 
-_CONVERTERS: dict[type, Callable[[nn.Module], nn.Module]] = {}
+from learnsparse.layer_types import layer_type, register_layer_type
 
 
 def register_converter(trained_type: type):
-    def wrap(fn: Callable[[nn.Module], nn.Module]):
-        if trained_type in _CONVERTERS:
-            raise ValueError(f"a converter for {trained_type.__name__} is already registered")
-        _CONVERTERS[trained_type] = fn
+    """`@register_converter(MyLayer)`: a layer type whose only fact is its converter. A layer
+    with learned structure to save registers with `learnsparse.layer_types.register_layer_type`."""
+    def wrap(fn: Callable[[nn.Module], nn.Module | None]):
+        register_layer_type(trained_type, converter=fn)
         return fn
 
     return wrap
 
 
 def converter_for(module: nn.Module):
-    return _CONVERTERS.get(type(module))
+    entry = layer_type(module)
+    return entry.converter if entry is not None else None
 
 
 def convert_modules(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from learnsparse.layer_types import register_layer_type
 import torch.nn.functional as F
 
 
@@ -125,3 +127,6 @@ class CondensedDenseBlock(nn.Module):
             buffer[:, c: c + layer.growth] = layer.new_features(buffer, table)
             c += layer.growth
         return buffer
+
+
+register_layer_type(CondensedDenseBlock, index_addressed=True)

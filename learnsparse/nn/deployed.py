@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from learnsparse.layer_types import register_layer_type
+
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Group-contiguous channel order (g, k) → interleaved order k·G + g."""
@@ -50,3 +52,6 @@ class IndexSelectGroupConv(nn.Module):
     def forward(self, x):
         y = self.conv(x.index_select(1, self.index))
         return channel_shuffle(y, self.groups) if self.groups > 1 else y
+
+
+register_layer_type(IndexSelectGroupConv, index_addressed=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from learnsparse.layer_types import register_layer_type
 import torch.nn.functional as F
 
 
@@ -59,3 +61,6 @@ class LoweredConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"kept_fibres={self.weight.shape[1]}, out_channels={self.out_channels}, "
                 f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}")
+
+
+register_layer_type(LoweredConv2d, trace_leaf=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from learnsparse.layer_types import register_layer_type
+
 # Split when padding would add more than this fraction of work (docs/flgc.md, "Export speed").
 PADDING_WASTE_LIMIT = 1.15
 
@@ -133,3 +135,11 @@ def _slots(group: torch.Tensor, groups: int, width: int) -> torch.Tensor:
     slots = torch.full((groups, width), -1, dtype=torch.long, device=group.device)
     slots[group[order], rank] = order
     return slots
+
+
+def _computed_convs(layer: PermutedGroupConv) -> list[nn.Conv2d]:
+    return list(layer.conv) if isinstance(layer.conv, nn.ModuleList) else [layer.conv]
+
+
+register_layer_type(PermutedGroupConv, index_addressed=True, trace_leaf=True, computed_convs=_computed_convs,
+                    output_position=lambda layer: layer.out_index)

@@ -70,7 +70,7 @@ class CondensingSchedule(HookBase):
         active = [layer for _, layer in self.layers if int(layer.stage) < layer.max_stage]
         if not active:
             return {}
-        return {"loss_reg_group_lasso": self.group_lasso * sum(layer.group_lasso() for layer in active)}
+        return {f"loss_reg_{self.state_key}": self.group_lasso * sum(layer.group_lasso() for layer in active)}
 
     def after_epoch(self) -> None:
         m = self.trainer.epoch_metrics
@@ -80,12 +80,10 @@ class CondensingSchedule(HookBase):
         m["lgc_connections_kept"] = kept / total
 
     def _log_connectivity(self) -> None:
-        if not self.log_images or self.trainer is None:
+        if not self.log_images or self.trainer is None or not self.trainer.events.enabled:
             return
-        for hook in self.trainer.hooks:
-            if hasattr(hook, "add_image"):
-                for name, layer in self.layers:
-                    hook.add_image(f"connectivity/{name}", connectivity_image(layer))
+        for name, layer in self.layers:
+            self.trainer.events.put_image(f"connectivity/{name}", connectivity_image(layer), self.trainer.iter)
 
     def state_dict(self) -> dict:
         # Masks and stages are model buffers and travel with the weights; this records the

@@ -19,6 +19,7 @@ import torch.nn as nn
 from learnsparse.engine.distributed import broadcast_tensor_
 from learnsparse.engine.hook_base import HookBase
 from learnsparse.nn.flgc import FLGConv
+from learnsparse.nn.learned_group_conv import LearnedGroupConv
 from learnsparse.learned_grouping import sparsify
 
 from .condensing import CondensingSchedule
@@ -81,11 +82,10 @@ class FLGCSchedule(HookBase):
         metrics = self.trainer.epoch_metrics
         metrics["flgc_assignments_changed_pct"] = 100.0 * changed / max(1, total)
         metrics["flgc_frozen"] = int(self.frozen)
-        if self.log_images and getattr(self.trainer, "rank", 0) == 0:
-            for hook in self.trainer.hooks:
-                if hasattr(hook, "add_image"):
-                    for name, m in self.layers:
-                        hook.add_image(f"flgc_connectivity/{name}", grouped_connectivity_image(m), self.trainer.epoch + 1)
+        if self.log_images and self.trainer.events.enabled:
+            for name, m in self.layers:
+                self.trainer.events.put_image(f"flgc_connectivity/{name}", grouped_connectivity_image(m),
+                                              self.trainer.epoch + 1)
 
     def state_dict(self) -> dict:
         # Logits and frozen assignments are model parameters/buffers and travel with the weights.
@@ -95,7 +95,9 @@ class FLGCSchedule(HookBase):
 def LGCSchedule(model: nn.Module, groups: int = 4, condense_factor: int = 4, include: list[str] | None = None,
                 exclude: list[str] | None = None, condense_fraction: float = 0.5, group_lasso: float = 0.0,
                 log_images: bool = True) -> CondensingSchedule:
-    """`sparsity=lgc`: LearnedGroupConv in place of matching convs, condensed on CondenseNet's schedule."""
-    sparsify(model, "lgc", groups=groups, condense_factor=condense_factor, include=include, exclude=exclude)
+    """`sparsity=lgc`: LearnedGroupConv in place of matching convs, condensed on CondenseNet's schedule.
+    A model that has them already (rebuilt from a checkpoint's record) keeps them."""
+    if not any(isinstance(m, LearnedGroupConv) for m in model.modules()):
+        sparsify(model, "lgc", groups=groups, condense_factor=condense_factor, include=include, exclude=exclude)
     return CondensingSchedule(model, condense_fraction=condense_fraction, group_lasso=group_lasso,
                               log_images=log_images)

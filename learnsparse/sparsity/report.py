@@ -59,14 +59,13 @@ class SparsityReport(HookBase):
         if getattr(t, "rank", 0) != 0:
             return
         log.info("sparsity after epoch %d:\n%s", t.epoch + 1, format_table(rows))
-        boards = [h for h in t.hooks if hasattr(h, "add_scalar") and hasattr(h, "add_histogram")]
-        for board in boards:
-            for name, mod in self.layers:
-                for key in ("zero_filters_pct", "zero_channels_pct", "zero_fibres_pct"):
-                    board.add_scalar(f"sparsity/{name}/{key}", rows[name][key], t.epoch + 1)
-                if self.histograms:
-                    for kind in ("filter", "channel"):
-                        board.add_histogram(f"group_norms/{name}/{kind}",
-                                            group_norms(mod.weight.detach(), kind).flatten().cpu(), t.epoch + 1)
-                if self.images:
-                    board.add_image(f"connectivity/{name}", weight_connectivity_image(mod.weight), t.epoch + 1)
+        events = t.events
+        for name, mod in self.layers:
+            for key in ("zero_filters_pct", "zero_channels_pct", "zero_fibres_pct"):
+                events.put_scalar(f"sparsity/{name}/{key}", rows[name][key], t.epoch + 1)
+            if self.histograms:
+                for kind in ("filter", "channel"):
+                    events.put_histogram(f"group_norms/{name}/{kind}", group_norms(mod.weight.detach(), kind),
+                                         t.epoch + 1)
+            if self.images:
+                events.put_image(f"connectivity/{name}", weight_connectivity_image(mod.weight), t.epoch + 1)

@@ -111,8 +111,15 @@ class ThresholdFreeze(HookBase):
         return [(name, m, kind, n < self.tau) for name, m, kind, n in norms]
 
     def _parameters(self):
-        params = dict(self.model.named_parameters())
-        return [(params[n], m) for n, m in self.masks.items()]
+        """(parameter, mask) pairs, looked up once per set of masks: this runs twice a step."""
+        if not self.masks:
+            return []  # nothing frozen yet
+        cached = getattr(self, "_pairs", None)
+        if cached is None or cached[0] is not self.masks:
+            params = dict(self.model.named_parameters())
+            cached = (self.masks, [(params[n], m) for n, m in self.masks.items()])
+            self._pairs = cached
+        return cached[1]
 
     def _apply_to_weights(self) -> None:
         with torch.no_grad():

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from learnsparse.record import architecture_record
+
 from ..checkpoint_io import rng_state, save_atomic
 from ..hook_base import HookBase
 
@@ -21,8 +23,13 @@ class CheckpointHook(HookBase):
 
     def checkpoint(self) -> dict:
         t = self.trainer
-        return {**t.state_dict(), "rng": rng_state(), "config": self.config, "best": self.best,
+        ckpt = {**t.state_dict(), "rng": rng_state(), "config": self.config, "best": self.best,
                 "input_shape": list(getattr(t, "input_shape", []))}
+        if self.config.get("model"):
+            # What the model is (its _target_, the edits plugins made, its learned structure):
+            # rebuilt by learnsparse.rebuild for resume, export and load.
+            ckpt["record"] = architecture_record(t.unwrapped_model, self.config["model"])
+        return ckpt
 
     def after_epoch(self) -> None:
         value = self.trainer.epoch_metrics.get(self.monitor)

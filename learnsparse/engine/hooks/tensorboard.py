@@ -1,4 +1,5 @@
-"""TensorBoard scalars: every loss term every `log_every` steps, epoch metrics each epoch."""
+"""TensorBoard: every loss term every `log_every` steps, epoch metrics each epoch, and every
+event other hooks put in `trainer.events` (pictures, histograms, per-layer scalars)."""
 from __future__ import annotations
 
 from ..hook_base import HookBase
@@ -10,16 +11,13 @@ class TensorBoardHook(HookBase):
         self.log_every = log_every
         self.writer = None
 
-    def _open(self) -> None:
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # heavy import: only when logging
-
-            self.writer = SummaryWriter(self.log_dir)
-
     def before_train(self) -> None:
-        self._open()
+        from torch.utils.tensorboard import SummaryWriter  # heavy import: only when logging
+
+        self.writer = SummaryWriter(self.log_dir)
         for k, v in getattr(self.trainer, "model_stats", {}).items():
             self.writer.add_scalar(f"model/{k}", v, 0)
+        self._write_events()
 
     def after_step(self) -> None:
         t = self.trainer
@@ -28,6 +26,7 @@ class TensorBoardHook(HookBase):
         for k, v in t.losses.items():
             self.writer.add_scalar(f"train/{k}", v.item(), t.iter)
         self.writer.add_scalar("train/lr", t.optimizer.param_groups[0]["lr"], t.iter)
+        self._write_events()
 
     def after_epoch(self) -> None:
         t = self.trainer
@@ -35,22 +34,16 @@ class TensorBoardHook(HookBase):
             if k != "epoch" and isinstance(v, (int, float)):
                 group = "val" if k.startswith("val_") or k.startswith("best_") else "epoch"
                 self.writer.add_scalar(f"{group}/{k}", v, t.epoch + 1)
+        self._write_events()
         self.writer.flush()
 
-    def add_image(self, tag: str, image, step: int | None = None) -> None:
-        """For plugins that draw (connectivity pictures): CHW float in [0, 1]. Plugins also
-        write their own scalars and histograms through `add_scalar` and `add_histogram`."""
-        self._open()  # plugins may draw in their before_train, before this hook's
-        self.writer.add_image(tag, image, self.trainer.iter if step is None else step)
-
-    def add_scalar(self, tag: str, value: float, step: int | None = None) -> None:
-        self._open()
-        self.writer.add_scalar(tag, value, self.trainer.iter if step is None else step)
-
-    def add_histogram(self, tag: str, values, step: int | None = None) -> None:
-        self._open()
-        self.writer.add_histogram(tag, values, self.trainer.iter if step is None else step)
+    def _write_events(self) -> None:
+        write = {"scalar": self.writer.add_scalar, "image": self.writer.add_image,
+                 "histogram": self.writer.add_histogram}
+        for event in self.trainer.events.drain():
+            write[event.kind](event.tag, event.value, event.step)
 
     def after_train(self) -> None:
         if self.writer is not None:
+            self._write_events()
             self.writer.close()

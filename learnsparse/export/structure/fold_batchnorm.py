@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from learnsparse.nn.permuted_group_conv import PermutedGroupConv
+from learnsparse.layer_types import layer_type
 
 from .tracing import trace
 
@@ -30,16 +30,23 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
             continue
         src = node.args[0] if node.args else None
         conv = modules.get(src.target) if getattr(src, "op", None) == "call_module" else None
-        if (type(conv) is nn.Conv2d or isinstance(conv, PermutedGroupConv)) and len(src.users) == 1 \
+        if _computed_convs(conv) and len(src.users) == 1 \
                 and calls[src.target] == 1 and len(node.args) == 1 and not node.kwargs:
             pairs.append((src.target, node.target))
     return pairs
 
 
-def _computed_convs(layer: nn.Module) -> list[nn.Conv2d]:
-    if isinstance(layer, PermutedGroupConv):
-        return list(layer.conv) if isinstance(layer.conv, nn.ModuleList) else [layer.conv]
-    return [layer]
+def _computed_convs(layer: nn.Module | None) -> list[nn.Conv2d]:
+    """The convs a BatchNorm after `layer` folds into; [] when it cannot fold."""
+    if type(layer) is nn.Conv2d:
+        return [layer]
+    entry = layer_type(layer) if layer is not None else None
+    return entry.computed_convs(layer) if entry is not None and entry.computed_convs else []
+
+
+def _output_position(layer: nn.Module) -> torch.Tensor | None:
+    entry = layer_type(layer)
+    return entry.output_position(layer) if entry is not None and entry.output_position else None
 
 
 def _ensure_bias(conv: nn.Conv2d) -> None:
@@ -60,13 +67,14 @@ def fold_batchnorms(model: nn.Module, pairs: list[tuple[str, str]] | None = None
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
                 torch.rsqrt(bn.running_var + bn.eps)
             shift = (bn.bias if bn.affine else 0) - scale * bn.running_mean
-            if isinstance(layer, PermutedGroupConv) and layer.out_index is not None:
-                # BatchNorm channel c reads computed channel out_index[c]; padding channels
+            position = _output_position(layer)
+            if position is not None:
+                # BatchNorm channel c reads computed channel position[c]; padding channels
                 # (never read) keep scale 1 and shift 0.
                 computed = sum(c.out_channels for c in convs)
                 s = torch.ones(computed, dtype=scale.dtype, device=scale.device)
                 t = torch.zeros(computed, dtype=scale.dtype, device=scale.device)
-                s[layer.out_index], t[layer.out_index] = scale, shift
+                s[position], t[position] = scale, shift
                 scale, shift = s, t
             start = 0
             for conv in convs:

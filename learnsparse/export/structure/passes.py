@@ -16,11 +16,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from learnsparse.layer_types import has_fact
 from learnsparse.models.residual_blocks import residual_blocks
-from learnsparse.nn.condensed_dense_block import CondensedDenseBlock
-from learnsparse.nn.deployed import IndexSelectGroupConv
 from learnsparse.nn.lowered_conv import LoweredConv2d
-from learnsparse.nn.permuted_group_conv import PermutedGroupConv
 
 from .channel_pruning import remove_dead_channels
 from .dead_branches import dead_branch_names, shortcut_only
@@ -28,14 +26,11 @@ from .fold_batchnorm import fold_batchnorms
 from .fold_permutations import fold_output_permutations
 from .lowering import lowered_fibres
 
-DEPLOYED_GROUPING = (CondensedDenseBlock, IndexSelectGroupConv, PermutedGroupConv)
-
-
 def _has_dead_structure(model: nn.Module) -> bool:
     """Cheap check so models without structured zeros skip the dependency graph. Models that
     already hold deployed group convs (CondenseNet, FLGC) skip it too: their padded or
     gathered channels are index-addressed, which the dependency graph cannot see."""
-    if any(isinstance(m, DEPLOYED_GROUPING) for m in model.modules()):
+    if any(has_fact(m, "index_addressed") for m in model.modules()):
         return False
     for m in model.modules():
         if type(m) in (nn.Conv2d, nn.Linear):

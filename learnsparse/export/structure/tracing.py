@@ -4,14 +4,13 @@ from __future__ import annotations
 import torch.fx as fx
 import torch.nn as nn
 
-from learnsparse.nn.lowered_conv import LoweredConv2d
-from learnsparse.nn.permuted_group_conv import PermutedGroupConv
+from learnsparse.layer_types import has_fact
 
 
 class _Tracer(fx.Tracer):
     # Deployed layers are single operations to the passes; their insides are not rewritten.
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (PermutedGroupConv, LoweredConv2d)) or super().is_leaf_module(m, qualname)
+        return has_fact(m, "trace_leaf") or super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module) -> tuple[fx.Graph, dict[str, int]] | None:
