@@ -206,3 +206,21 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path):
         proc = run_cli("model=lenet5", "data.dataset.image_size=28", *bad, f"paths.log_dir={tmp_path}")
         assert_one_line_error(proc)
         assert not any(tmp_path.iterdir()), (bad, list(tmp_path.rglob("*")))
+
+
+def test_preflight_checks_device_and_data_before_any_folder(tmp_path):
+    import torch as _torch
+
+    cases = [(["data=cifar10", f"data.root={tmp_path}/none", "model=resnet20"], "data.root=")]
+    if not _torch.cuda.is_available():
+        cases.append((["trainer.device=cuda"], "no CUDA device"))
+    for args, fragment in cases:
+        proc = run_cli(*args, f"paths.log_dir={tmp_path}/logs", tiny="data=cifar10" not in args)
+        assert_one_line_error(proc, fragment)
+        assert not (tmp_path / "logs").exists()
+
+
+def test_flgconv_is_public():
+    from learnsparse.nn import FLGConv
+
+    assert FLGConv.__module__ == "learnsparse.nn.flgc"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from .trainer import Trainer
 log = logging.getLogger("learnsparse")
 
 
-def _instantiate(node, what: str, **kwargs):
+def build_node(node, what: str, **kwargs):
     try:
         return instantiate(node, **kwargs)
     except UserError:
@@ -52,7 +53,7 @@ def build_plugins(cfg: DictConfig, model: torch.nn.Module) -> list:
     layers, so plugins are built before the optimizer sees the parameters."""
     plugins = []
     for name, node in (cfg.get("sparsity") or {}).items():
-        plugin = _instantiate(node, f"sparsity.{name}")
+        plugin = build_node(node, f"sparsity.{name}")
         if callable(plugin) and not hasattr(plugin, "before_train"):
             try:
                 plugin = plugin(model=model)
@@ -67,7 +68,7 @@ def build_data(cfg: DictConfig):
     """The DataBundle, checked against the model config. Pre-flight builds it before Hydra
     makes the run folder; the run then reuses it (an ImageNet folder is scanned once)."""
     key = repr(OmegaConf.to_container(cfg.data.dataset, resolve=True))
-    bundle = _PREBUILT_DATA.pop(key, None) or _instantiate(cfg.data.dataset, "data.dataset")
+    bundle = _PREBUILT_DATA.pop(key, None) or build_node(cfg.data.dataset, "data.dataset")
     # A model of the user's may not take these arguments; the ones it takes must fit the data.
     if cfg.model.get("num_classes") is not None and int(cfg.model.num_classes) != bundle.num_classes:
         raise UserError(f"model.num_classes={cfg.model.num_classes} does not fit {bundle.name}, which has "
@@ -93,7 +94,8 @@ def build_model(cfg: DictConfig, start_from: dict | None, what: str) -> torch.nn
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     record = (start_from or {}).get("record") or {}
     try:
-        model = rebuild({"model": model_cfg, "edits": record.get("edits", []), "structure": record.get("structure", {})})
+        model = rebuild({"model": model_cfg, "edits": record.get("edits", []),
+                         "structure": record.get("structure", {})})
     except UserError:
         raise
     except Exception as e:
@@ -123,9 +125,9 @@ def build_hooks(cfg: DictConfig, plugins: list, val_loader, output_dir: Path,
              EvalHook(val_loader), CheckpointHook(str(output_dir / "checkpoints"), resolved, dist_env.is_main)]
     if dist_env.is_main:
         hooks.append(MetricsLogHook(str(output_dir / "metrics.jsonl")))
-        hooks += [named_hook(_instantiate(node, f"logger.{name}"), name)
+        hooks += [named_hook(build_node(node, f"logger.{name}"), name)
                   for name, node in (cfg.get("logger") or {}).items()]
-    hooks += [named_hook(_instantiate(node, f"callbacks.{name}"), name)
+    hooks += [named_hook(build_node(node, f"callbacks.{name}"), name)
               for name, node in (cfg.get("callbacks") or {}).items()]
     return hooks
 
@@ -137,9 +139,9 @@ def named_hook(hook, name: str):
 
 
 def build_optimization(cfg: DictConfig, model: torch.nn.Module, steps_per_epoch: int):
-    optimizer = _instantiate(cfg.optim, "optim")(params=[p for p in model.parameters() if p.requires_grad])
+    optimizer = build_node(cfg.optim, "optim")(params=[p for p in model.parameters() if p.requires_grad])
     epochs = int(cfg.trainer.epochs)
-    scheduler = _instantiate(cfg.lr_scheduler, "lr_scheduler")(
+    scheduler = build_node(cfg.lr_scheduler, "lr_scheduler")(
         optimizer, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
     return optimizer, scheduler
 
@@ -175,23 +177,36 @@ def train(cfg: DictConfig) -> dict:
         shutdown_distributed()
 
 
-def _train(cfg: DictConfig, dist_env: DistEnv) -> dict:
-    output_dir = Path(cfg.paths.output_dir)
-    device = select_device(str(cfg.trainer.get("device", "auto")), dist_env.local_rank)
-    seed = int(cfg.seed)
-    seed_everything(seed)
-    bundle = build_data(cfg)
-    resume_path, resume_ckpt = checkpoint_to_resume(cfg)
-    init_path = Path(str(cfg.trainer.init_from)) if cfg.trainer.get("init_from") and resume_ckpt is None else None
-    init_ckpt = load_checkpoint(init_path) if init_path is not None else None
-    model = build_model(cfg, resume_ckpt or init_ckpt,
-                        f"checkpoint {resume_path}" if resume_ckpt else f"trainer.init_from={init_path}")
-    if init_ckpt is not None:
-        init_weights(model, init_ckpt, init_path)
-    plugins = build_plugins(cfg, model)  # they may change the model: before the optimizer sees it
-    memory_format = torch.channels_last if cfg.trainer.get("channels_last") else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
+@dataclass
+class Start:
+    """Where a run starts: a checkpoint to resume, one to take the weights from, or neither."""
+    resume_path: Path | None = None
+    resume: dict | None = None
+    init_path: Path | None = None
+    init: dict | None = None
 
+
+def find_start(cfg: DictConfig) -> Start:
+    resume_path, resume = checkpoint_to_resume(cfg)
+    if resume is not None or not cfg.trainer.get("init_from"):
+        return Start(resume_path, resume)
+    init_path = Path(str(cfg.trainer.init_from))
+    return Start(init=load_checkpoint(init_path), init_path=init_path)
+
+
+def build_model_and_plugins(cfg: DictConfig, start: Start) -> tuple[torch.nn.Module, list]:
+    """The model (rebuilt with the edits of the run it starts from), its starting weights, then
+    the plugins, which may change it: all before the optimizer sees the parameters."""
+    what = f"checkpoint {start.resume_path}" if start.resume else f"trainer.init_from={start.init_path}"
+    model = build_model(cfg, start.resume or start.init, what)
+    if start.init is not None:
+        init_weights(model, start.init, start.init_path)
+    return model, build_plugins(cfg, model)
+
+
+def build_trainer(cfg: DictConfig, model: torch.nn.Module, bundle, device: torch.device, dist_env: DistEnv):
+    """The Trainer over this model and data (DDP-wrapped under torchrun), and the val loader."""
+    seed = int(cfg.seed)
     train_loader, val_loader, generator = build_loaders(
         bundle, batch_size=int(cfg.data.batch_size), eval_batch_size=cfg.data.get("eval_batch_size"),
         num_workers=int(cfg.data.num_workers), pin_memory=bool(cfg.data.pin_memory), device=device,
@@ -199,27 +214,38 @@ def _train(cfg: DictConfig, dist_env: DistEnv) -> dict:
     if len(train_loader) == 0:
         raise UserError(f"{bundle.name}: the training split is empty")
     optimizer, scheduler = build_optimization(cfg, model, len(train_loader))
-    example = bundle.val[0][0].unsqueeze(0).to(device, memory_format=memory_format)
-    stats = model_stats(model, example)
     wrapped = model
     if dist_env.enabled:
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
     trainer = Trainer(wrapped, optimizer, train_loader, epochs=int(cfg.trainer.epochs), device=device,
                       lr_scheduler=scheduler, seed=seed, amp=cfg.trainer.get("amp"),
                       grad_clip=cfg.trainer.get("grad_clip"), channels_last=bool(cfg.trainer.get("channels_last")),
                       rank=dist_env.rank, loader_generator=generator, unwrapped_model=model)
-    trainer.model_stats = stats
+    example = bundle.val[0][0].unsqueeze(0).to(device, memory_format=trainer.memory_format)
+    trainer.model_stats = model_stats(model, example)
     trainer.input_shape = list(example.shape[1:])
+    return trainer, val_loader
+
+
+def _train(cfg: DictConfig, dist_env: DistEnv) -> dict:
+    output_dir = Path(cfg.paths.output_dir)
+    device = select_device(str(cfg.trainer.get("device", "auto")), dist_env.local_rank)
+    seed_everything(int(cfg.seed))
+    bundle = build_data(cfg)
+    start = find_start(cfg)
+    model, plugins = build_model_and_plugins(cfg, start)
+    model.to(device, memory_format=torch.channels_last if cfg.trainer.get("channels_last") else torch.contiguous_format)
+    trainer, val_loader = build_trainer(cfg, model, bundle, device, dist_env)
     try:
         trainer.register_hooks(build_hooks(cfg, plugins, val_loader, output_dir, dist_env))
     except ValueError as e:  # two hooks claiming one state key or loss term
         raise UserError(first_line(e, limit=None)) from e
-    if resume_ckpt is not None:
-        restore(trainer, resume_ckpt, resume_path)
+    if start.resume is not None:
+        restore(trainer, start.resume, start.resume_path)
+    stats = trainer.model_stats
     log.info("model %s: %s params, %.4g MFLOPs per image (%s MACs); %d epochs of %d steps on %s",
              model_name(OmegaConf.to_container(cfg.model, resolve=True)), f"{stats['params']:,}", stats["flops"] / 1e6,
-             f"{stats['macs']:,}", trainer.epochs, len(train_loader), device)
+             f"{stats['macs']:,}", trainer.epochs, trainer.steps_per_epoch, device)
     with warnings.catch_warnings():
         # Channels-last 1x1 weights: DDP compares strides even over size-1 dimensions, where
         # both layouts are the same memory, and warns on every step (pytorch/pytorch#157862).
