@@ -23,6 +23,9 @@ class LayerType:
     cls: type
     # Trained layers: module → deployed module (or None: nothing to convert, visit children).
     converter: Callable[[nn.Module], nn.Module | None] | None = None
+    # Trained layers: the same function as a plain nn.Conv2d with the zeros baked into its
+    # weights — the dense form, which runs anywhere and costs the dense MACs.
+    dense_form: Callable[[nn.Module], nn.Module] | None = None
     # Trained layers: the learned structure as plain tensors, and putting it back on a fresh layer.
     save_structure: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
     restore_structure: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None

@@ -7,9 +7,10 @@
 """
 from .artifacts import load
 from .condense import ExportResult, condense, condense_with_details
+from .dense_form import dense_equivalent
 from .from_checkpoint import export, load_trained
 from .registry import register_converter
 from .verify import ExportMismatchError
 
-__all__ = ["ExportMismatchError", "ExportResult", "condense", "condense_with_details", "export", "load",
+__all__ = ["ExportMismatchError", "ExportResult", "condense", "condense_with_details", "dense_equivalent", "export", "load",
            "load_trained", "register_converter"]

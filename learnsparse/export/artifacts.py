@@ -8,6 +8,7 @@ its learned structure. `load()` rebuilds the deployed model from the record.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import warnings
@@ -63,11 +64,19 @@ def record_from_version_1(blob: dict) -> dict:
             "structure": {}}
 
 
+def graph_form(deployed: nn.Module) -> nn.Module:
+    """What the graph exporters trace: the deployed model with plain (NCHW-contiguous) weights.
+    Channels-last is an eager-PyTorch layout choice; graphs have no memory format, and traced
+    channels-last tensors bring stride arithmetic (Shape, Range, Mul) into the graph. Graph
+    runtimes (ONNX Runtime, TensorRT, inductor) pick their own layouts."""
+    return copy.deepcopy(deployed).to(memory_format=torch.contiguous_format).eval()
+
+
 def save_pt2(path: Path, deployed: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
     """torch.export with a dynamic batch dimension; loads with torch.export.load alone."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
-        program = torch.export.export(deployed, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(graph_form(deployed), (example.contiguous(),), dynamic_shapes=({0: batch},))
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # Raised for buffers that share storage (index tensors); the archive is still complete.
@@ -103,7 +112,8 @@ def save_onnx(path: Path, deployed: nn.Module, example: torch.Tensor, rtol: floa
         for q in quiet:
             q.setLevel(logging.ERROR)
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(deployed, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
+            torch.onnx.export(graph_form(deployed), (example.contiguous(),), str(path), dynamo=True,
+                              dynamic_shapes=({0: batch},),
                               verbose=False, external_data=external)
     finally:
         for q, level in zip(quiet, levels):

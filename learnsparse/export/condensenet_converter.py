@@ -24,16 +24,22 @@ def _bn_subset(bn: nn.BatchNorm2d, index: torch.Tensor) -> nn.BatchNorm2d:
     return out.to(bn.running_mean.device).eval()
 
 
+@torch.no_grad()
 def convert_dense_layer(layer: DenseLayer) -> CondensedDenseLayer:
     lgc = layer.conv1
     grouped = IndexSelectGroupConv.from_trained(lgc)
     g, mid = lgc.groups, lgc.out_channels
-    # norm2 acts on conv1's output before the shuffle, i.e. in group-contiguous order.
+    # norm2 acts on conv1's output before the shuffle, i.e. in group-contiguous order, where
+    # position g·(mid/G) + k holds filter k·G + g; it folds into the grouped conv.
     order = torch.arange(mid, device=grouped.index.device).reshape(mid // g, g).t().reshape(-1)
-    weight1 = grouped.conv.weight.detach().reshape(g, mid // g, -1)
+    norm2 = _bn_subset(layer.norm2, order)
+    scale = norm2.weight * torch.rsqrt(norm2.running_var + norm2.eps)
+    conv1 = grouped.conv
+    bias = conv1.bias.detach() if conv1.bias is not None else torch.zeros_like(scale)
+    conv1.weight.mul_(scale.view(-1, 1, 1, 1))
+    conv1.bias = nn.Parameter(bias * scale + norm2.bias - norm2.running_mean * scale)
     conv2 = layer.conv2.to(memory_format=torch.channels_last)
-    return CondensedDenseLayer(grouped.index, _bn_subset(layer.norm1, grouped.index), weight1.clone(),
-                               _bn_subset(layer.norm2, order), conv2)
+    return CondensedDenseLayer(grouped.index, _bn_subset(layer.norm1, grouped.index), conv1, conv2)
 
 
 def convert_dense_block(block: DenseBlock) -> CondensedDenseBlock | None:

@@ -3,6 +3,8 @@ the assignment of inputs and filters to groups."""
 import torch
 
 from learnsparse.layer_types import register_layer_type
+
+from .dense_form import plain_conv
 from learnsparse.nn.flgc import FLGConv
 from learnsparse.nn.permuted_group_conv import PermutedGroupConv
 
@@ -24,4 +26,10 @@ def restore_structure(m: FLGConv, structure: dict[str, torch.Tensor]) -> None:
     m.frozen.fill_(True)
 
 
-register_layer_type(FLGConv, converter=convert_flgc, save_structure=save_structure, restore_structure=restore_structure)
+def dense_form(m: FLGConv):
+    weight = m.weight.detach() * m.connection_mask()[:, :, None, None].to(m.weight.dtype)
+    return plain_conv(weight, m.bias, m)
+
+
+register_layer_type(FLGConv, converter=convert_flgc, save_structure=save_structure, restore_structure=restore_structure,
+                    dense_form=dense_form)

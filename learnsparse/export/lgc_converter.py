@@ -3,6 +3,8 @@ learned structure is the mask and the stage reached."""
 import torch
 
 from learnsparse.layer_types import register_layer_type
+
+from .dense_form import plain_conv
 from learnsparse.nn.deployed import IndexSelectGroupConv
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
 
@@ -16,5 +18,9 @@ def restore_structure(m: LearnedGroupConv, structure: dict[str, torch.Tensor]) -
     m.stage.copy_(structure["stage"])
 
 
+def dense_form(m: LearnedGroupConv):
+    return plain_conv(m.masked_weight().detach(), m.conv.bias, m.conv)
+
+
 register_layer_type(LearnedGroupConv, converter=IndexSelectGroupConv.from_trained, save_structure=save_structure,
-                    restore_structure=restore_structure)
+                    restore_structure=restore_structure, dense_form=dense_form)

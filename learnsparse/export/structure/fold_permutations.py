@@ -34,6 +34,18 @@ def _is_elementwise(node: fx.Node, modules: dict) -> bool:
     return node.op == "call_method" and node.target in _ELEMENTWISE_METHODS
 
 
+def _on_computed_channels(bn: nn.BatchNorm2d, perm: torch.Tensor, computed: int) -> nn.BatchNorm2d:
+    """The BatchNorm over the group output as computed: channel c's statistics at position
+    perm[c]; padding positions (never read) get the identity."""
+    out = nn.BatchNorm2d(computed, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                         track_running_stats=bn.track_running_stats).to(perm.device).eval()
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        source, target = getattr(bn, name), getattr(out, name)
+        if source is not None:
+            target[perm] = source.to(target.dtype)
+    return out
+
+
 def _path_to_readers(start: fx.Node, modules: dict, calls: dict):
     """BatchNorms on the way and the readers, if the output reaches only foldable layers."""
     norms, readers, frontier = [], [], list(start.users)
@@ -45,7 +57,7 @@ def _path_to_readers(start: fx.Node, modules: dict, calls: dict):
                 return None
             readers.append(mod)
         elif isinstance(mod, nn.BatchNorm2d) and calls[node.target] == 1 and len(node.users) >= 1:
-            norms.append(mod)
+            norms.append(node.target)
             frontier += list(node.users)
         elif _is_elementwise(node, modules) and node.target is not operator.add:
             frontier += list(node.users)
@@ -70,16 +82,16 @@ def fold_output_permutations(model: nn.Module) -> int:
         if not isinstance(layer, PermutedGroupConv) or layer.out_index is None or calls[node.target] != 1:
             continue
         perm = layer.out_index  # original channel c lives at position perm[c] of the group output
-        if perm.numel() != layer.computed_channels:
-            continue  # padded groups: a selection, not a permutation
+        selection = perm.numel() != layer.computed_channels  # padded groups: padding channels dropped
         path = _path_to_readers(node, modules, calls)
         if path is None or not path[1]:
             continue
         norms, readers = path
-        for bn in norms:
-            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
-                if t is not None:
-                    t[perm] = t.clone()
+        if selection and not all(isinstance(r, PermutedGroupConv) for r in readers):
+            continue  # a plain conv would have to read the padding channels too: more work
+        for name in norms:
+            model.set_submodule(name, _on_computed_channels(model.get_submodule(name), perm,
+                                                            layer.computed_channels))
         for reader in readers:
             if isinstance(reader, PermutedGroupConv):
                 index = reader.in_index if reader.in_index is not None else torch.arange(perm.numel())
