@@ -31,7 +31,8 @@ def _export(run, *args):
 
 
 def test_export_writes_every_format_and_they_round_trip(condensed_run):
-    proc = _export(condensed_run, "formats=[pt,pt2,onnx]")
+    # target=null: every learned block in its sparse form (the default measures which is faster).
+    proc = _export(condensed_run, "formats=[pt,pt2,onnx]", "target=null")
     assert proc.returncode == 0, proc.stderr
     out = condensed_run / "export"
     assert "max |trained - exported|" in proc.stdout and "CondensedDenseBlock" in proc.stdout
@@ -78,3 +79,17 @@ def test_export_writes_every_format_and_they_round_trip(condensed_run):
 def test_bad_export_arguments_fail_with_one_line(args, fragment):
     proc = run_cli(*args, tiny=False, entry="export_main")
     assert_one_line_error(proc, fragment)
+
+
+@pytest.mark.parametrize("target", ["eager", "onnxruntime"])
+def test_export_picks_each_blocks_form_for_the_target_and_reports_it(condensed_run, tmp_path, target):
+    proc = _export(condensed_run, f"target={target}", "batch=8", f"output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["latency_target"] == target and report["latency_ms_dense"] > 0
+    assert len(report["tactics"]) == 3  # condensenet_mini's three dense blocks
+    for block, t in report["tactics"].items():
+        assert t["form"] == min(t["ms"], key=t["ms"].get), (block, t)
+    assert f"fastest in {target}" in proc.stdout
+    model = load(tmp_path / "condensed.pt")  # the chosen forms are rebuilt
+    assert model(torch.zeros(2, *model.input_shape)).shape == (2, 10)

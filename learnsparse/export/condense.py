@@ -12,6 +12,7 @@ from learnsparse.record import declare_edit, structure_of
 from . import condensenet_converter, flgc_converter, lgc_converter  # noqa: F401  (built-in layer types)
 from .classifier import last_linear, prune_classifier_inputs
 from .registry import convert_modules
+from .tactics import choose_tactics
 from .structure.passes import remove_structure
 from .verify import check_equivalent, max_difference, verification_inputs
 
@@ -24,6 +25,7 @@ class ExportResult:
     output_scale: float = 0.0
     exact: bool = True
     structure: dict = field(default_factory=dict)  # what the structure passes did (replayed by `load`)
+    tactics: dict = field(default_factory=dict)  # per learned layer: the form chosen, and why
 
 
 def example_tensor(example_inputs) -> torch.Tensor:
@@ -40,23 +42,31 @@ def example_tensor(example_inputs) -> torch.Tensor:
 
 
 def condense_with_details(model: nn.Module, example_inputs, *, classifier_keep: float | None = None,
-                          rtol: float = 1e-5, channels_last: bool = True) -> ExportResult:
-    """`condense`, with what was converted and the measured difference (see ExportResult)."""
+                          rtol: float = 1e-5, channels_last: bool = True, target: str | None = None,
+                          batch: int | None = None, threads: int | None = None,
+                          measure: bool = True) -> ExportResult:
+    """`condense`, with what was converted and the measured difference (see ExportResult).
+    `target` ("eager", "onnxruntime", "compile") picks each learned layer's form, sparse or
+    dense, by timing both on the layer's input at `batch` in that runtime (or, with
+    `measure=False`, by a fixed rule); without it every learned layer is deployed sparse."""
     example_inputs = example_tensor(example_inputs)
     modes = {m: m.training for m in model.modules()}
     try:
-        return _condense(model.eval(), example_inputs, classifier_keep, rtol, channels_last)
+        tactics = choose_tactics(model.eval(), example_inputs, target, batch, threads, measure) if target else {}
+        return _condense(model.eval(), example_inputs, classifier_keep, rtol, channels_last, tactics)
     finally:
         for m, training in modes.items():  # the caller's model comes back in the mode it was in
             m.training = training
 
 
-def _condense(trained: nn.Module, example_inputs: torch.Tensor, classifier_keep, rtol, channels_last) -> ExportResult:
+def _condense(trained: nn.Module, example_inputs: torch.Tensor, classifier_keep, rtol, channels_last,
+              tactics: dict) -> ExportResult:
     exported = copy.deepcopy(trained).eval()
+    forms = {name: t["form"] for name, t in tactics.items()}
     # Each step is declared on the exported model's record, so `load` rebuilds the same layers.
-    declare_edit(exported, "convert", structure=structure_of(exported))
+    declare_edit(exported, "convert", structure=structure_of(exported), forms=forms)
     with torch.no_grad():
-        rows = convert_modules(exported)
+        rows = convert_modules(exported, forms)
     converted = [(n, type(old).__name__, type(new).__name__) for n, old, new in rows]
     structure_rows, structure = remove_structure(exported, example_inputs[:1])
     declare_edit(exported, "structure_passes", edits=structure, input_shape=list(example_inputs.shape[1:]))
@@ -82,14 +92,13 @@ def _condense(trained: nn.Module, example_inputs: torch.Tensor, classifier_keep,
         diff, scale = max_difference(trained, exported, inputs)
         return ExportResult(exported, converted, diff, scale, exact=False, structure=structure)
     diff, scale = check_equivalent(trained, exported, inputs, rtol)
-    return ExportResult(exported, converted, diff, scale, structure=structure)
+    return ExportResult(exported, converted, diff, scale, structure=structure, tactics=tactics)
 
 
-def condense(model: nn.Module, example_inputs, *, classifier_keep: float | None = None,
-             rtol: float = 1e-5, channels_last: bool = True) -> nn.Module:
+def condense(model: nn.Module, example_inputs, **options) -> nn.Module:
     """The deployed form of a trained model, proven equal to it on the example and on random
     inputs (max |Δ| ≤ rtol × output scale) unless a lossy option was asked for. The trained
     model is left as it was, in the mode it was in. Image models come out with channels-last
-    weights unless `channels_last=False`."""
-    return condense_with_details(model, example_inputs, classifier_keep=classifier_keep, rtol=rtol,
-                                 channels_last=channels_last).model
+    weights unless `channels_last=False`. Options: those of `condense_with_details`
+    (`classifier_keep`, `rtol`, `channels_last`, `target`, `batch`, `threads`, `measure`)."""
+    return condense_with_details(model, example_inputs, **options).model

@@ -11,6 +11,8 @@ from learnsparse.nn.learned_group_conv import LearnedGroupConv
 
 from learnsparse.layer_types import register_layer_type
 
+from .dense_form import dense_equivalent
+
 
 def _bn_subset(bn: nn.BatchNorm2d, index: torch.Tensor) -> nn.BatchNorm2d:
     """A BatchNorm over the channels `index` picks (a channel may appear more than once)."""
@@ -48,4 +50,9 @@ def convert_dense_block(block: DenseBlock) -> CondensedDenseBlock | None:
     return CondensedDenseBlock([convert_dense_layer(layer) for layer in block], block.in_channels)
 
 
-register_layer_type(DenseBlock, converter=convert_dense_block)
+def dense_block_form(block: DenseBlock) -> DenseBlock:
+    """The block with its learned 1x1 convs as plain convs (zeros baked in): no gathers."""
+    return dense_equivalent(block)
+
+
+register_layer_type(DenseBlock, converter=convert_dense_block, dense_form=dense_block_form)

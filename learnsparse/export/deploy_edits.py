@@ -18,7 +18,7 @@ from .structure.passes import replay
 def redo_convert(model: nn.Module, edit: dict) -> None:
     # The converters read the learned structure (masks, assignments) the export saw.
     restore_structure(model, edit.get("structure", {}))
-    convert_modules(model)
+    convert_modules(model, edit.get("forms"))
 
 
 @register_edit("structure_passes")

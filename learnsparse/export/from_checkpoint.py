@@ -117,10 +117,13 @@ def _export_checkpoint(cfg) -> dict:
     g = torch.Generator().manual_seed(0)
     example = torch.randn((int(cfg.verify_batch), *input_shape), generator=g)
 
+    batch = int(cfg.get("batch") or cfg.latency_batch)
+    target = cfg.get("target", "eager")
     result = condense_with_details(trained, example, classifier_keep=cfg.classifier_keep, rtol=float(cfg.rtol),
-                                   channels_last=bool(cfg.get("channels_last", True)))
-    report = build_report(trained, result, example, latency_rounds=int(cfg.latency_rounds),
-                          latency_batch=int(cfg.latency_batch))
+                                   channels_last=bool(cfg.get("channels_last", True)), target=target,
+                                   batch=batch, threads=cfg.threads, measure=bool(cfg.get("measure", True)))
+    report = build_report(trained, result, example, latency_rounds=int(cfg.latency_rounds), latency_batch=batch,
+                          target=target)
     from learnsparse.record import model_name
 
     report.update(checkpoint=str(path), model=model_name(model_config), input_shape=input_shape)

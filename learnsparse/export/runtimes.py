@@ -1,0 +1,109 @@
+"""Running a model in the runtimes users deploy with, and timing it there.
+
+    eager     eager PyTorch, NCHW weights and inputs
+    eager_cl  eager PyTorch, channels-last weights and inputs
+    compile   torch.compile (inductor)
+    ort       ONNX Runtime (CPU provider with the given threads; CUDA provider on a GPU)
+    pt2       the module of a torch.export program
+    aoti      AOTInductor, compiled from that program
+
+Used by the export's tactic choice (which form of each layer is fastest for the target) and
+by scripts/bench_deploy.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .artifacts import graph_form
+
+RUNTIMES = ("eager", "eager_cl", "compile", "ort", "pt2", "aoti")
+# learnsparse-export `target=` names → runtime
+TARGETS = {"eager": "eager_cl", "onnxruntime": "ort", "compile": "compile"}
+
+
+def runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, work: Path,
+           eager_form: nn.Module | None = None) -> Callable[[], object]:
+    """A function that runs one forward of `model` in `runtime` on `x` (on x's device).
+    `eager_form`: the module to run channels-last in eager PyTorch (default: `model`)."""
+    device = x.device
+    plain = graph_form(model).to(device)
+    if runtime == "eager":
+        return lambda: plain(x)
+    if runtime == "eager_cl":
+        m = copy.deepcopy(eager_form if eager_form is not None else model).to(device, memory_format=torch.channels_last)
+        xc = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+        return lambda: m(xc)
+    if runtime == "compile":
+        compiled = torch.compile(plain)
+        return lambda: compiled(x)
+    if runtime == "ort":
+        return _onnxruntime(plain, x, threads, work)
+    program = torch.export.export(plain, (x,))
+    if runtime == "pt2":
+        m = program.module()
+        return lambda: m(x)
+    if runtime == "aoti":
+        path = torch._inductor.aoti_compile_and_package(program, package_path=str(work / f"m{id(model)}.pt2"))
+        m = torch._inductor.aoti_load_package(path)
+        return lambda: m(x)
+    raise ValueError(f"unknown runtime {runtime!r}; choose from {list(RUNTIMES)}")
+
+
+def _onnxruntime(plain: nn.Module, x: torch.Tensor, threads: int, work: Path):
+    import onnxruntime as ort
+
+    path = work / f"m{id(plain)}.onnx"
+    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(plain, (x,), str(path), dynamo=True, external_data=False, verbose=False)
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    cuda = x.device.type == "cuda"
+    session = ort.InferenceSession(str(path), options,
+                                   providers=["CUDAExecutionProvider" if cuda else "CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    if cuda:
+        binding = session.io_binding()
+        binding.bind_input(name, "cuda", x.device.index or 0, "float32", list(x.shape), x.data_ptr())
+        binding.bind_output(session.get_outputs()[0].name, "cuda")
+        return lambda: session.run_with_iobinding(binding)
+    array = x.cpu().numpy()
+    return lambda: session.run(None, {name: array})
+
+
+@torch.no_grad()
+def interleaved_ms(runners: dict, rounds: int = 21, warmup: int = 3) -> dict:
+    """Median milliseconds per call of each runner, all timed in turn every round."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()  # time kernels, not launches
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in runners}
+    for _ in range(rounds):
+        for key, fn in runners.items():
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            times[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}

@@ -1,0 +1,71 @@
+"""Each learned layer is deployed in the form that is fastest for the target runtime (sparse
+or dense), chosen by timing both on the layer's input, or by a fixed rule; `load` replays it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from learnsparse import sparsify
+from learnsparse.export import condense_with_details, load
+from learnsparse.export.artifacts import save_condensed
+from learnsparse.models import create_model
+from learnsparse.nn import FLGConv, LearnedGroupConv
+
+SPEC = {"_target_": "learnsparse.models.create_model", "num_classes": 10}
+
+
+@torch.no_grad()
+def _trained(name: str, in_channels: int, seed: int, flgc: bool) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=10, in_channels=in_channels).eval()
+    if flgc:
+        sparsify(model, "flgc", groups=4, include=["layer*.conv*"])
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+        elif isinstance(m, FLGConv):
+            m.in_logits.normal_()
+            m.out_logits.normal_()
+            m.freeze()
+        elif isinstance(m, LearnedGroupConv):
+            m.condense_to(m.max_stage)
+    return model
+
+
+CASES = [("resnet20", 3, 32, True), ("condensenet_mini", 1, 28, False)]
+
+
+@pytest.mark.parametrize("name, channels, size, flgc", CASES)
+@pytest.mark.parametrize("target, measure", [("eager", True), ("onnxruntime", True), ("eager", False)])
+def test_each_layer_takes_its_faster_form_and_load_replays_it(tmp_path, name, channels, size, flgc, target,
+                                                              measure):
+    model = _trained(name, channels, seed=len(target), flgc=flgc)
+    x = torch.randn(2, channels, size, size)
+    result = condense_with_details(model, x, target=target, batch=8, measure=measure, threads=2)
+    assert result.tactics, "no learned layer was considered"
+    for layer, t in result.tactics.items():
+        assert t["macs"]["sparse"] < t["macs"]["dense"]
+        if measure:
+            assert t["form"] == min(t["ms"], key=t["ms"].get), (layer, t)
+        else:
+            assert t["form"] == ("sparse" if t["macs"]["sparse"] <= 0.5 * t["macs"]["dense"] else "dense")
+    assert result.max_abs_diff <= 1e-5 * result.output_scale
+    save_condensed(tmp_path / "condensed.pt", result.model, {**SPEC, "name": name, "in_channels": channels},
+                   [channels, size, size])
+    rebuilt = load(tmp_path / "condensed.pt")
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), result.model(x))
+
+
+def test_a_dense_choice_deploys_the_dense_form():
+    model = _trained("resnet20", 3, seed=0, flgc=True)
+    x = torch.randn(2, 3, 32, 32)
+    from learnsparse.export import tactics
+
+    forced = {name: "dense" for name, _ in tactics.tactic_layers(model)}
+    from learnsparse.export.condense import _condense
+
+    result = _condense(model, x, None, 1e-5, True, {n: {"form": f} for n, f in forced.items()})
+    assert not any(type(m).__name__ == "PermutedGroupConv" for m in result.model.modules())
+    assert result.max_abs_diff <= 1e-5 * result.output_scale
