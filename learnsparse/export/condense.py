@@ -12,7 +12,7 @@ from learnsparse.record import declare_edit, structure_of
 from . import condensenet_converter, flgc_converter, lgc_converter  # noqa: F401  (built-in layer types)
 from .classifier import last_linear, prune_classifier_inputs
 from .registry import convert_modules
-from .tactics import choose_tactics
+from .tactics import DENSE, SPARSE, choose_tactics, whole_model_ms
 from .structure.passes import remove_structure
 from .verify import check_equivalent, max_difference, verification_inputs
 
@@ -53,7 +53,16 @@ def condense_with_details(model: nn.Module, example_inputs, *, classifier_keep: 
     modes = {m: m.training for m in model.modules()}
     try:
         tactics = choose_tactics(model.eval(), example_inputs, target, batch, threads, measure) if target else {}
-        return _condense(model.eval(), example_inputs, classifier_keep, rtol, channels_last, tactics)
+        result = _condense(model.eval(), example_inputs, classifier_keep, rtol, channels_last, tactics)
+        if target and measure and any(t["form"] == SPARSE for t in tactics.values()):
+            # Layers were timed one at a time; the assembled network is checked as a whole, and
+            # where it is still slower than every layer dense, every layer goes dense.
+            all_dense = {n: {**t, "form": DENSE, "whole_model": True} for n, t in tactics.items()}
+            fallback = _condense(model.eval(), example_inputs, classifier_keep, rtol, channels_last, all_dense)
+            ms = whole_model_ms(result.model, fallback.model, example_inputs, target, batch, threads)
+            if ms["dense"] < ms["sparse"]:
+                result = fallback
+        return result
     finally:
         for m, training in modes.items():  # the caller's model comes back in the mode it was in
             m.training = training

@@ -15,6 +15,7 @@ from learnsparse.errors import UserError, first_line
 from .artifacts import save_condensed, save_onnx, save_pt2
 from .condense import condense_with_details
 from .report import build_report, format_report
+from .runtimes import TARGETS
 
 log = logging.getLogger("learnsparse")
 FORMATS = ("pt", "pt2", "onnx")
@@ -109,6 +110,8 @@ def _export_checkpoint(cfg) -> dict:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise UserError(f"formats: unknown {unknown}; choose from {list(FORMATS)}")
+    if cfg.get("target") is not None and cfg.target not in TARGETS:
+        raise UserError(f"target={cfg.target}: choose from {sorted(TARGETS)} (or null: every learned layer sparse)")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     path = resolve_checkpoint(str(cfg.checkpoint))

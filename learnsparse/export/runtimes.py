@@ -28,7 +28,7 @@ from .artifacts import graph_form
 
 RUNTIMES = ("eager", "eager_cl", "compile", "ort", "pt2", "aoti")
 # learnsparse-export `target=` names → runtime
-TARGETS = {"eager": "eager_cl", "onnxruntime": "ort", "compile": "compile"}
+TARGETS = {"eager": "eager_cl", "onnxruntime": "ort", "compile": "compile", "pt2": "pt2"}
 
 
 def runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, work: Path,
@@ -76,6 +76,9 @@ def _onnxruntime(plain: nn.Module, x: torch.Tensor, threads: int, work: Path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # ONNX Runtime's threads spin after each run by default; timed in turn with PyTorch in
+    # one process, they would steal the cores PyTorch's next run needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     cuda = x.device.type == "cuda"
     session = ort.InferenceSession(str(path), options,
                                    providers=["CUDAExecutionProvider" if cuda else "CPUExecutionProvider"])

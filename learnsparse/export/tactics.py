@@ -89,3 +89,14 @@ def choose_tactics(model: nn.Module, example: torch.Tensor, target: str = "eager
                 choice["form"] = SPARSE if macs[SPARSE] <= RULE_MAC_RATIO * macs[DENSE] else DENSE
             choices[name] = choice
     return choices
+
+
+@torch.no_grad()
+def whole_model_ms(sparse: nn.Module, dense: nn.Module, example: torch.Tensor, target: str, batch: int | None,
+                   threads: int | None, rounds: int = 11) -> dict[str, float]:
+    """Both assembled networks timed side by side in the target runtime."""
+    x = example[:1].expand(batch or example.shape[0], *example.shape[1:]).contiguous()
+    with tempfile.TemporaryDirectory() as work:
+        threads = threads or torch.get_num_threads()
+        return interleaved_ms({SPARSE: runner(sparse, TARGETS[target], x, threads, Path(work)),
+                               DENSE: runner(dense, TARGETS[target], x, threads, Path(work))}, rounds=rounds)
