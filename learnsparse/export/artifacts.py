@@ -85,6 +85,22 @@ def save_pt2(path: Path, deployed: nn.Module, example: torch.Tensor) -> torch.ex
     return program
 
 
+@contextlib.contextmanager
+def quiet_onnx_export():
+    """The ONNX exporter and its graph optimizer narrate every step on stdout and through
+    logging; what matters is checked afterwards (against onnxruntime). Loggers are restored."""
+    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+
+
 # Protocol buffers cannot hold 2 GiB; below this the weights go inside model.onnx itself, so
 # the one file is the whole model.
 ONNX_EMBED_LIMIT = 1_800_000_000
@@ -104,20 +120,9 @@ def save_onnx(path: Path, deployed: nn.Module, example: torch.Tensor, rtol: floa
     external = weight_bytes > ONNX_EMBED_LIMIT
     data_file = path.with_name(path.name + ".data")
     data_file.unlink(missing_ok=True)  # a stale one from an earlier export would mislead
-    # The exporter and its graph optimizer narrate every step on stdout and through logging;
-    # the report says what matters (the check against onnxruntime below).
-    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
-    levels = [q.level for q in quiet]
-    try:
-        for q in quiet:
-            q.setLevel(logging.ERROR)
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(graph_form(deployed), (example.contiguous(),), str(path), dynamo=True,
-                              dynamic_shapes=({0: batch},),
-                              verbose=False, external_data=external)
-    finally:
-        for q, level in zip(quiet, levels):
-            q.setLevel(level)
+    with quiet_onnx_export():
+        torch.onnx.export(graph_form(deployed), (example.contiguous(),), str(path), dynamo=True,
+                          dynamic_shapes=({0: batch},), verbose=False, external_data=external)
     with torch.no_grad():
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         x = torch.randn((3, *example.shape[1:]), generator=torch.Generator().manual_seed(1))

@@ -12,10 +12,7 @@ by scripts/bench_deploy.py.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import logging
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +21,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .artifacts import graph_form
+from .artifacts import graph_form, quiet_onnx_export
 
 RUNTIMES = ("eager", "eager_cl", "compile", "ort", "pt2", "aoti")
 # learnsparse-export `target=` names → runtime
@@ -63,16 +60,8 @@ def _onnxruntime(plain: nn.Module, x: torch.Tensor, threads: int, work: Path):
     import onnxruntime as ort
 
     path = work / f"m{id(plain)}.onnx"
-    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
-    levels = [q.level for q in quiet]
-    try:
-        for q in quiet:
-            q.setLevel(logging.ERROR)
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(plain, (x,), str(path), dynamo=True, external_data=False, verbose=False)
-    finally:
-        for q, level in zip(quiet, levels):
-            q.setLevel(level)
+    with quiet_onnx_export():
+        torch.onnx.export(plain, (x,), str(path), dynamo=True, external_data=False, verbose=False)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
