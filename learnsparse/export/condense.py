@@ -99,7 +99,7 @@ def _condense(trained: nn.Module, example_inputs: torch.Tensor, classifier_keep,
     if lossy:
         # Lossy by request: measured and reported, not required to match.
         diff, scale = max_difference(trained, exported, inputs)
-        return ExportResult(exported, converted, diff, scale, exact=False, structure=structure)
+        return ExportResult(exported, converted, diff, scale, exact=False, structure=structure, tactics=tactics)
     diff, scale = check_equivalent(trained, exported, inputs, rtol)
     return ExportResult(exported, converted, diff, scale, structure=structure, tactics=tactics)
 
