@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from learnsparse.record import declare_edit, structure_of
 
-from . import condensenet_converter, flgc_converter, lgc_converter  # noqa: F401  (built-in layer types)
+from . import (condensenet_converter, connectivity_converter, flgc_converter, igc_converter,  # noqa: F401
+               lgc_converter)  # (built-in layer types)
 from .classifier import last_linear, prune_classifier_inputs
 from .registry import convert_modules
 from .tactics import DENSE, SPARSE, choose_tactics, whole_model_ms

@@ -1,18 +1,18 @@
-"""FLGConv → PermutedGroupConv with its current hard assignment; its learned structure is
-the assignment of inputs and filters to groups."""
+"""FLGConv → the deployed conv of its connection matrix (its current hard assignment: blocks
+are its groups); its learned structure is the assignment of inputs and filters to groups."""
 import torch
+import torch.nn as nn
 
 from learnsparse.layer_types import register_layer_type
 
 from .dense_form import plain_conv
 from learnsparse.nn.flgc import FLGConv
-from learnsparse.nn.permuted_group_conv import PermutedGroupConv
+
+from .connectivity_converter import from_connectivity
 
 
-def convert_flgc(module: FLGConv) -> PermutedGroupConv:
-    in_group, out_group = module.assignments()
-    return PermutedGroupConv.from_assignment(module.weight, module.bias, in_group, out_group, module.groups,
-                                             module.stride, module.padding)
+def convert_flgc(module: FLGConv) -> nn.Module:
+    return from_connectivity(module.weight, module.bias, module.connectivity(), module.stride, module.padding)
 
 
 def save_structure(m: FLGConv) -> dict[str, torch.Tensor]:

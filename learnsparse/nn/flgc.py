@@ -108,6 +108,12 @@ class FLGConv(nn.Module):
         return a_out @ a_in.t()
 
     @torch.no_grad()
+    def connectivity(self) -> torch.Tensor:
+        """[out, in] bool: filter o reads input i (same group, current hard assignment)."""
+        in_group, out_group = self.assignments()
+        return out_group[:, None] == in_group[None, :]
+
+    @torch.no_grad()
     def freeze(self) -> None:
         """Fix the current hard assignment; the logits stop receiving gradient."""
         in_group, out_group = self.assignments()

@@ -47,6 +47,10 @@ class LearnedGroupConv(nn.Module):
         """[out, in]: row o is the mask of filter o's group, o mod groups."""
         return self.mask.repeat(self.out_channels // self.groups, 1)
 
+    def connectivity(self) -> torch.Tensor:
+        """[out, in] bool: filter o reads input i (its group's current mask)."""
+        return self.filter_mask().bool()
+
     def masked_weight(self) -> torch.Tensor:
         return self.conv.weight * self.filter_mask()[:, :, None, None].to(self.conv.weight.dtype)
 
