@@ -1,6 +1,8 @@
 """Connection matrices: constructors, blocks, ConnectivityConv, and the one exporter."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -142,3 +144,29 @@ def test_connectivity_of_reads_weights_and_learned_layers():
     flgc = FLGConv(8, 8, groups=2)
     in_group, out_group = flgc.assignments()
     assert torch.equal(C.connectivity_of(flgc), out_group[:, None] == in_group[None, :])
+
+
+@pytest.mark.parametrize("model,extra,shape", [
+    ("lenet5_1998", ["data.dataset.image_size=28", "data.in_channels=1"], (1, 28, 28)),
+    ("igc_resnet", ["model.depth=8", "model.primary_groups=4", "model.secondary_groups=2"], (3, 16, 16))])
+def test_fixed_sparse_models_train_show_in_tensorboard_export_and_reload(model, extra, shape, tiny_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from learnsparse import train
+    from learnsparse.export import load
+
+    from .cli_runner import run_cli
+
+    train(tiny_cfg(f"model={model}", *extra, "trainer.epochs=1", "logger=tensorboard"))
+    run = tmp_path / "run"
+    events = EventAccumulator(str(next((run / "tensorboard").glob("events.out.tfevents.*")))).Reload()
+    images = events.Tags()["images"]
+    assert images and all(t.startswith("connectivity/") for t in images), images
+    proc = run_cli(f"checkpoint={run}/checkpoints/last.pt", "latency_rounds=3", "latency_batch=4", "formats=[pt]",
+                   tiny=False, entry="export_main")
+    assert proc.returncode == 0, proc.stderr
+    loaded = load(run / "export" / "condensed.pt")
+    report = json.loads((run / "export" / "report.json").read_text())
+    assert report["exact"]
+    with torch.no_grad():
+        assert loaded(torch.randn(2, *shape)).shape == (2, 10)

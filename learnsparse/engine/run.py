@@ -21,6 +21,7 @@ from .distributed import DistEnv, init_distributed, shutdown_distributed
 from .hooks import CheckpointHook, EvalHook, MetricsLogHook, ProgressBarHook, TrainStatsHook
 from .loaders import build_loaders
 from .model_stats import model_stats
+from ..sparsity.connectivity import connectivity_image, fixed_sparse_layers
 from .resume import find_resume_checkpoint
 from .seeding import seed_everything
 from .trainer import Trainer
@@ -224,6 +225,10 @@ def build_trainer(cfg: DictConfig, model: torch.nn.Module, bundle, device: torch
     example = bundle.val[0][0].unsqueeze(0).to(device, memory_format=trainer.memory_format)
     trainer.model_stats = model_stats(model, example)
     trainer.input_shape = list(example.shape[1:])
+    # The connection matrix of every layer that has one (fixed tables, IGC, learned groupings
+    # as they start), under the tag the sparsity plugins update as the structure changes.
+    for name, layer in fixed_sparse_layers(model):
+        trainer.events.put_image(f"connectivity/{name}", connectivity_image(layer), 0)
     return trainer, val_loader
 
 

@@ -23,7 +23,7 @@ from learnsparse.nn.learned_group_conv import LearnedGroupConv
 from learnsparse.learned_grouping import sparsify
 
 from .condensing import CondensingSchedule
-from .connectivity import grouped_connectivity_image
+from .connectivity import connectivity_image
 
 log = logging.getLogger("learnsparse")
 
@@ -84,7 +84,7 @@ class FLGCSchedule(HookBase):
         metrics["flgc_frozen"] = int(self.frozen)
         if self.log_images and self.trainer.events.enabled:
             for name, m in self.layers:
-                self.trainer.events.put_image(f"flgc_connectivity/{name}", grouped_connectivity_image(m),
+                self.trainer.events.put_image(f"flgc_connectivity/{name}", connectivity_image(m),
                                               self.trainer.epoch + 1)
 
     def state_dict(self) -> dict:

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from learnsparse.engine.hook_base import HookBase
 
-from .connectivity import weight_connectivity_image
+from .connectivity import connectivity_image
 from .groups import group_norms
 from .regularizers.selection_args import chosen_layers
 
@@ -68,4 +68,4 @@ class SparsityReport(HookBase):
                     events.put_histogram(f"group_norms/{name}/{kind}", group_norms(mod.weight.detach(), kind),
                                          t.epoch + 1)
             if self.images:
-                events.put_image(f"connectivity/{name}", weight_connectivity_image(mod.weight), t.epoch + 1)
+                events.put_image(f"connectivity/{name}", connectivity_image(mod), t.epoch + 1)
