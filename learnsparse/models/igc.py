@@ -9,10 +9,12 @@
   width); a shape-changing shortcut is a 1x1 stride-2 conv with L groups + BatchNorm;
 - ReLU after the residual sum; global average pooling; a linear classifier.
 
-`regular=True` gives the regular-conv ResNet of the same depth and width (3x3 convs, BatchNorm
-after each, ungrouped projection shortcuts), and M = 1 with L = width the Xception-like special
-case (a channel-wise 3x3 conv, then a dense 1x1). `width(L, M, kernel_size, params)` is the
-paper's width analysis.
+`conv="regular"` gives the regular-conv ResNet of the same depth and width (3x3 convs, BatchNorm
+after each, ungrouped projection shortcuts), `conv="group_shuffle"`
+the same skeleton with each 3x3 conv a `Conv2d(groups=L)` followed by a channel shuffle
+(ShuffleNet's fixed interleaving, one grouped conv instead of IGC's two), and M = 1 with
+L = width the Xception-like special case of IGC (a channel-wise 3x3 conv, then a dense 1x1).
+`width(L, M, kernel_size, params)` is the paper's width analysis.
 """
 from __future__ import annotations
 
@@ -21,29 +23,34 @@ import math
 import torch.nn as nn
 import torch.nn.functional as F
 
+from learnsparse.nn.deployed import ChannelShuffle
 from learnsparse.nn.igc import IGCConv
 
 from .registry import register_model
 
+CONVS = ("igc", "regular", "group_shuffle")
 
-def _conv3x3(cin: int, cout: int, stride: int, primary: int, secondary: int | None) -> nn.Module:
-    if secondary is None:
+
+def _conv3x3(kind: str, cin: int, cout: int, stride: int, primary: int, secondary: int) -> nn.Module:
+    if kind == "regular":
         return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    if kind == "group_shuffle":
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, groups=primary, bias=False), ChannelShuffle(primary))
     return IGCConv(cin, cout, 3, stride, 1, primary_groups=primary, secondary_groups=secondary)
 
 
 class IGCBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, primary: int, regular: bool):
+    def __init__(self, cin: int, cout: int, primary: int, conv: str = "igc"):
         super().__init__()
         stride = 1 if cin == cout else 2
-        self.igc1 = _conv3x3(cin, cout, stride, primary, None if regular else cin // primary)
+        self.igc1 = _conv3x3(conv, cin, cout, stride, primary, cin // primary)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.igc2 = _conv3x3(cout, cout, 1, primary, None if regular else cout // primary)
+        self.igc2 = _conv3x3(conv, cout, cout, 1, primary, cout // primary)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False, groups=1 if regular else primary),
-                                          nn.BatchNorm2d(cout))
+            groups = 1 if conv == "regular" else primary
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False, groups=groups), nn.BatchNorm2d(cout))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.igc1(x)))
@@ -53,8 +60,10 @@ class IGCBlock(nn.Module):
 
 class IGCResNet(nn.Module):
     def __init__(self, depth: int, primary_groups: int, secondary_groups: int, num_classes: int = 10,
-                 in_channels: int = 3, regular: bool = False):
+                 in_channels: int = 3, conv: str = "igc"):
         super().__init__()
+        if conv not in CONVS:
+            raise ValueError(f"conv must be one of {list(CONVS)}, got {conv!r}")
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"IGC ResNet depth must be 6n+2 (n ≥ 1), got {depth}")
         if primary_groups < 1 or secondary_groups < 1:
@@ -67,7 +76,7 @@ class IGCResNet(nn.Module):
         for cout in (width, 2 * width, 4 * width):
             blocks = []
             for _ in range(n):
-                blocks.append(IGCBlock(cin, cout, primary_groups, regular))
+                blocks.append(IGCBlock(cin, cout, primary_groups, conv))
                 cin = cout
             stages.append(nn.Sequential(*blocks))
         self.stage1, self.stage2, self.stage3 = stages
@@ -84,14 +93,14 @@ class IGCResNet(nn.Module):
 
 @register_model
 def igc_resnet(num_classes: int = 10, in_channels: int = 3, depth: int = 38, primary_groups: int = 24,
-               secondary_groups: int = 2, regular: bool = False) -> nn.Module:
-    """Any depth 6n+2, L and M; `regular=True` for the regular-conv ResNet of the same width."""
-    return IGCResNet(depth, primary_groups, secondary_groups, num_classes, in_channels, regular)
+               secondary_groups: int = 2, conv: str = "igc") -> nn.Module:
+    """Any depth 6n+2, L and M; `conv` igc | regular | group_shuffle."""
+    return IGCResNet(depth, primary_groups, secondary_groups, num_classes, in_channels, conv)
 
 
-def _named(depth: int, primary: int, secondary: int, regular: bool = False):
+def _named(depth: int, primary: int, secondary: int, conv: str = "igc"):
     def build(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-        return IGCResNet(depth, primary, secondary, num_classes, in_channels, regular)
+        return IGCResNet(depth, primary, secondary, num_classes, in_channels, conv)
     return build
 
 
@@ -101,7 +110,7 @@ for _name, _args in {"igc_resnet38_l24m2": (38, 24, 2), "igc_resnet38_l48m1": (3
     _builder = _named(*_args)
     _builder.__name__ = _name
     register_model(_builder)
-for _name, _args in {"regular_resnet38_w48": (38, 24, 2, True)}.items():
+for _name, _args in {"regular_resnet38_w48": (38, 24, 2, "regular")}.items():
     _builder = _named(*_args)
     _builder.__name__ = _name
     register_model(_builder)

@@ -1,5 +1,4 @@
 """LeNet-5 as SSL uses it: conv 20@5x5, pool, conv 50@5x5, pool, fc 500, fc classes."""
-import torch
 import torch.nn as nn
 
 from .registry import register_model
@@ -33,7 +32,8 @@ class LeNet5_1998(nn.Module):
     padded by 2), S2 subsampling, C3 16@5x5 with the paper's partial connection table (each C3
     map reads 3, 4 or 6 of the 6 S2 maps: 60 of 96 connections, 1,516 parameters), S4, C5
     120@5x5, F6 84, output. ReLU and average pooling stand in for the paper's scaled tanh and
-    trainable subsampling. `c3="full"` connects every S2 map to every C3 map instead."""
+    trainable subsampling. `c3="full"` connects every S2 map to every C3 map instead: a plain
+conv, which regularizers and learned groupings can then sparsify."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, c3: str = "table"):
         super().__init__()
@@ -42,10 +42,10 @@ class LeNet5_1998(nn.Module):
         from learnsparse import connectivity
         from learnsparse.nn.connectivity_conv import ConnectivityConv
 
-        table = connectivity.lenet5_c3() if c3 == "table" else torch.ones(16, 6, dtype=torch.bool)
+        c3_conv = ConnectivityConv(6, 16, 5, connectivity.lenet5_c3()) if c3 == "table" else nn.Conv2d(6, 16, 5)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(inplace=True), nn.AvgPool2d(2),
-            ConnectivityConv(6, 16, 5, table), nn.ReLU(inplace=True), nn.AvgPool2d(2),
+            c3_conv, nn.ReLU(inplace=True), nn.AvgPool2d(2),
             nn.Conv2d(16, 120, 5), nn.ReLU(inplace=True),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(120, 84), nn.ReLU(inplace=True),
