@@ -26,6 +26,10 @@ class LayerType:
     # Trained layers: the same function as a plain nn.Conv2d with the zeros baked into its
     # weights — the dense form, which runs anywhere and costs the dense MACs.
     dense_form: Callable[[nn.Module], nn.Module] | None = None
+    # Trained layers: the deployed form kept trainable (no BatchNorm folding, no padding a
+    # gradient could fill), for condensing in place during training; None when this layer's
+    # structure has no such form (it then keeps training masked).
+    trainable_form: Callable[[nn.Module], nn.Module | None] | None = None
     # Trained layers: the learned structure as plain tensors, and putting it back on a fresh layer.
     save_structure: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
     restore_structure: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None

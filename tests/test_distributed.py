@@ -32,3 +32,8 @@ def test_two_process_gloo_run_ends_with_identical_weights(tmp_path):
     assert output.count("epoch 1/2") == 1, output[-3000:]  # and alone logs
     assert output.count("condensing: stage") == 2  # stages 1 and 3 (2 steps per epoch), once each
     assert "Grad strides do not match" not in output  # DDP's spurious channels-last 1x1 warning
+    # The last stage is reached at step 2: from there both ranks train the deployed layers
+    # (a new DDP wrapper around them), and the record says so.
+    assert output.count("now train in their deployed form") == 1, output[-3000:]
+    assert [e["op"] for e in ckpt["record"]["edits"]] == ["condense_in_training"]
+    assert not any("LearnedGroupConv" in k for k in w0) and any(k.endswith("conv1.index") for k in w0)

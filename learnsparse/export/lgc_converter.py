@@ -23,4 +23,5 @@ def dense_form(m: LearnedGroupConv):
 
 
 register_layer_type(LearnedGroupConv, converter=IndexSelectGroupConv.from_trained, save_structure=save_structure,
-                    restore_structure=restore_structure, dense_form=dense_form)
+                    restore_structure=restore_structure, dense_form=dense_form,
+                    trainable_form=IndexSelectGroupConv.from_trained)

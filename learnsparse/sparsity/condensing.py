@@ -16,9 +16,11 @@ from learnsparse.engine.distributed import broadcast_tensor_
 from learnsparse.engine.hook_base import HookBase
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
 
+from .condense_in_training import swap_facts, swap_in_training
 from .connectivity import connectivity_image
 
 log = logging.getLogger("learnsparse")
+SWAP_METHOD = "lgc"  # sparsity=condensenet and sparsity=lgc alike
 
 
 def stage_at(progress: float, condense_factor: int, condense_fraction: float) -> int:
@@ -31,18 +33,21 @@ def stage_at(progress: float, condense_factor: int, condense_fraction: float) ->
 
 class CondensingSchedule(HookBase):
     def __init__(self, model: nn.Module, condense_fraction: float = 0.5, group_lasso: float = 0.0,
-                 log_images: bool = True):
+                 log_images: bool = True, condense_in_training: bool = True):
         if not 0 < condense_fraction <= 1:
             raise ValueError(f"condense_fraction must be in (0, 1], got {condense_fraction}")
         if group_lasso < 0:
             raise ValueError(f"group_lasso must be ≥ 0, got {group_lasso}")
         self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LearnedGroupConv)]
-        if not self.layers:
+        # A model rebuilt after the in-training swap has its layers in deployed form already.
+        self.swapped = swap_facts(model, SWAP_METHOD)
+        if not self.layers and not self.swapped:
             raise ValueError("sparsity=condensenet needs a model with LearnedGroupConv layers "
                              "(model=condensenet50 … condensenet182, condensenet74_c4/_c8, condensenet_mini)")
         self.condense_fraction = condense_fraction
         self.group_lasso = group_lasso
         self.log_images = log_images
+        self.condense_in_training = condense_in_training
 
     def before_train(self) -> None:
         self._log_connectivity()
@@ -60,9 +65,19 @@ class CondensingSchedule(HookBase):
         if changed:
             log.info("condensing: stage %s at progress %.3f", self.stages(), self.progress)
             self._log_connectivity()
+            if self.condense_in_training and all(int(m.stage) == m.max_stage for _, m in self.layers):
+                self._swap()
+
+    def _swap(self) -> None:
+        """Every layer is at its last stage: its structure is final, so it trains deployed."""
+        kept = sum(float(m.mask.sum()) for _, m in self.layers) / sum(m.mask.numel() for _, m in self.layers)
+        facts = {"stage": self.stages()[0], "kept": kept}
+        names = swap_in_training(self.trainer, [n for n, _ in self.layers], SWAP_METHOD, **facts)
+        self.layers = [(n, m) for n, m in self.layers if n not in names]
+        self.swapped = facts
 
     def stages(self) -> list[int]:
-        return sorted({int(layer.stage) for _, layer in self.layers})
+        return sorted({int(layer.stage) for _, layer in self.layers} | ({self.swapped["stage"]} if self.swapped else set()))
 
     def extra_losses(self) -> dict[str, torch.Tensor]:
         if not self.group_lasso:
@@ -74,10 +89,12 @@ class CondensingSchedule(HookBase):
 
     def after_epoch(self) -> None:
         m = self.trainer.epoch_metrics
-        m["condense_stage"] = min(int(layer.stage) for _, layer in self.layers)
-        kept = sum(float(layer.mask.sum()) for _, layer in self.layers)
-        total = sum(layer.mask.numel() for _, layer in self.layers)
-        m["lgc_connections_kept"] = kept / total
+        m["condense_stage"] = min(self.stages())
+        if self.layers:
+            kept = sum(float(layer.mask.sum()) for _, layer in self.layers)
+            m["lgc_connections_kept"] = kept / sum(layer.mask.numel() for _, layer in self.layers)
+        else:
+            m["lgc_connections_kept"] = self.swapped["kept"]
 
     def _log_connectivity(self) -> None:
         if not self.log_images or self.trainer is None or not self.trainer.events.enabled:
@@ -88,7 +105,7 @@ class CondensingSchedule(HookBase):
     def state_dict(self) -> dict:
         # Masks and stages are model buffers and travel with the weights; this records the
         # schedule's own settings so a resumed run can tell if they changed.
-        return {"condense_fraction": self.condense_fraction, "stages": [int(m.stage) for _, m in self.layers]}
+        return {"condense_fraction": self.condense_fraction, "stages": self.stages()}
 
     def load_state_dict(self, state: dict) -> None:
         if abs(state.get("condense_fraction", self.condense_fraction) - self.condense_fraction) > 1e-12:

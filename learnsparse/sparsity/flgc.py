@@ -22,7 +22,8 @@ from learnsparse.nn.flgc import FLGConv
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
 from learnsparse.learned_grouping import sparsify
 
-from .condensing import CondensingSchedule
+from .condense_in_training import swap_in_training, swapped_by
+from .condensing import SWAP_METHOD, CondensingSchedule
 from .connectivity import connectivity_image
 
 log = logging.getLogger("learnsparse")
@@ -31,12 +32,15 @@ log = logging.getLogger("learnsparse")
 class FLGCSchedule(HookBase):
     def __init__(self, model: nn.Module, groups: int = 4, balanced: bool = False, learn_fraction: float = 0.5,
                  temperature: float = 1.0, temperature_end: float | None = None, include: list[str] | None = None,
-                 exclude: list[str] | None = None, log_images: bool = True, assignment_grad_scale: float = 10.0):
+                 exclude: list[str] | None = None, log_images: bool = True, assignment_grad_scale: float = 10.0,
+                 condense_in_training: bool = True):
         if not 0 <= learn_fraction <= 1:
             raise ValueError(f"learn_fraction must be in [0, 1], got {learn_fraction}")
         if temperature <= 0 or (temperature_end is not None and temperature_end <= 0):
             raise ValueError("temperatures must be > 0")
-        if not any(isinstance(m, FLGConv) for m in model.modules()):
+        # A model rebuilt after the in-training swap has its layers in deployed form already.
+        self.swapped = bool(swapped_by(model, "flgc"))
+        if not self.swapped and not any(isinstance(m, FLGConv) for m in model.modules()):
             sparsify(model, "flgc", groups=groups, include=include, exclude=exclude, balanced=balanced,
                      temperature=temperature)
         self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, FLGConv)]
@@ -47,6 +51,7 @@ class FLGCSchedule(HookBase):
         self.learn_fraction = learn_fraction
         self.temperature, self.temperature_end = temperature, temperature_end
         self.log_images = log_images
+        self.condense_in_training = condense_in_training
         self._epoch_start: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
@@ -65,6 +70,12 @@ class FLGCSchedule(HookBase):
                 broadcast_tensor_(m.in_group)
                 broadcast_tensor_(m.out_group)
             log.info("flgc: assignments frozen at progress %.3f", self.progress)
+            if self.condense_in_training:
+                # Frozen: the grouping is final, so the layers train as grouped convs.
+                names = swap_in_training(self.trainer, [n for n, _ in self.layers], "flgc")
+                self.layers = [(n, m) for n, m in self.layers if n not in names]
+                self._epoch_start = [tuple(t.clone() for t in m.assignments()) for _, m in self.layers]
+                self.swapped = bool(names)
             return
         if self.temperature_end is not None:
             # Geometric annealing: equal ratios per unit of progress.
@@ -94,10 +105,10 @@ class FLGCSchedule(HookBase):
 
 def LGCSchedule(model: nn.Module, groups: int = 4, condense_factor: int = 4, include: list[str] | None = None,
                 exclude: list[str] | None = None, condense_fraction: float = 0.5, group_lasso: float = 0.0,
-                log_images: bool = True) -> CondensingSchedule:
+                log_images: bool = True, condense_in_training: bool = True) -> CondensingSchedule:
     """`sparsity=lgc`: LearnedGroupConv in place of matching convs, condensed on CondenseNet's schedule.
     A model that has them already (rebuilt from a checkpoint's record) keeps them."""
-    if not any(isinstance(m, LearnedGroupConv) for m in model.modules()):
+    if not swapped_by(model, SWAP_METHOD) and not any(isinstance(m, LearnedGroupConv) for m in model.modules()):
         sparsify(model, "lgc", groups=groups, condense_factor=condense_factor, include=include, exclude=exclude)
     return CondensingSchedule(model, condense_fraction=condense_fraction, group_lasso=group_lasso,
-                              log_images=log_images)
+                              log_images=log_images, condense_in_training=condense_in_training)

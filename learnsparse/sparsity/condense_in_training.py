@@ -1,0 +1,166 @@
+"""Condense in place: once a layer's learned structure is final, train its deployed form.
+
+A masked layer keeps paying the dense cost after its structure stops changing (CondenseNet's
+last stage, FLGC after its freeze). The swap replaces each such layer, inside the running
+training, by its deployed form kept trainable (`LayerType.trainable_form`: gathers and grouped
+or per-group convs, no BatchNorm folding, no padding that gradients could fill), and:
+
+- verifies it like an export: eval outputs equal within 1e-5 of their scale, training-mode
+  losses equal, on a probe batch (copies of the model: running statistics stay untouched);
+- carries each kept parameter's optimizer state over, sliced exactly as the weights are — by
+  running the same converter on a copy of the layer whose weights are the state tensors;
+- puts the new parameters where the old ones were in the optimizer, in the model's parameter
+  order, so a run rebuilt from a checkpoint has the same optimizer layout;
+- rebuilds the DDP wrapper around the new module (every rank swaps at the same step: the
+  structure that triggers it is broadcast from rank 0);
+- declares the edit on the model's architecture record, so resume, `init_from` and export
+  rebuild the swapped model before its weights load.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from learnsparse.layer_types import layer_type
+from learnsparse.record import declare_edit, edits_of, register_edit, restore_structure, structure_of
+
+log = logging.getLogger("learnsparse")
+OP = "condense_in_training"
+
+
+class SwapMismatchError(RuntimeError):
+    pass
+
+
+def swapped_by(model: nn.Module, method: str) -> list[str]:
+    """Layers the in-training swap of `method` replaced (from the model's record)."""
+    return [name for e in edits_of(model) if e["op"] == OP and e["method"] == method for name in e["layers"]]
+
+
+def _trainable_form(layer: nn.Module) -> nn.Module:
+    entry = layer_type(layer)
+    if entry is None or entry.trainable_form is None:
+        raise TypeError(f"{type(layer).__name__} has no trainable deployed form")
+    return entry.trainable_form(layer)
+
+
+@torch.no_grad()
+def _sliced_state(layer: nn.Module, new_layer: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Optimizer state for each parameter of `new_layer`, sliced from `layer`'s as its weights were."""
+    old = dict(layer.named_parameters())
+    states = {name: optimizer.state.get(p, {}) for name, p in old.items()}
+    keys = {k for s in states.values() for k, v in s.items() if torch.is_tensor(v) and v.dim() > 0}
+    new_state: dict[nn.Parameter, dict] = {p: {} for p in new_layer.parameters()}
+    for key in sorted(keys):
+        shadow = copy.deepcopy(layer)
+        for name, p in shadow.named_parameters():
+            value = states[name].get(key)
+            p.copy_(value if value is not None and value.shape == p.shape else torch.zeros_like(p))
+        sliced = _trainable_form(shadow)
+        for p, s in zip(new_layer.parameters(), sliced.parameters()):
+            new_state[p][key] = s.detach().clone()
+    # Per-parameter scalars (Adam's step count): the same for every parameter of a group.
+    scalars = {k: v for s in states.values() for k, v in s.items() if not (torch.is_tensor(v) and v.dim() > 0)}
+    for p in new_state:
+        new_state[p].update(copy.deepcopy(scalars))
+    return new_state
+
+
+def _replace_in_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, removed: list[nn.Parameter],
+                          added: dict[nn.Parameter, dict], group_of: dict[nn.Parameter, int]) -> None:
+    gone = {id(p) for p in removed}
+    for p in removed:
+        optimizer.state.pop(p, None)
+    members = [{id(p) for p in g["params"] if id(p) not in gone} for g in optimizer.param_groups]
+    for p, g in group_of.items():
+        members[g].add(id(p))
+    for g, ids in zip(optimizer.param_groups, members):
+        g["params"] = [p for p in model.parameters() if id(p) in ids]
+    for p, state in added.items():
+        if state:
+            optimizer.state[p] = state
+
+
+def _probe(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, train: bool, seed: int) -> torch.Tensor:
+    probe = copy.deepcopy(model).train(train)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = probe(x)
+    return F.cross_entropy(out, targets) if train else out
+
+
+def _check(before: nn.Module, after: nn.Module, x: torch.Tensor, rtol: float) -> None:
+    targets = torch.arange(x.shape[0], device=x.device) % 2
+    y0, y1 = _probe(before, x, targets, False, 0), _probe(after, x, targets, False, 0)
+    scale = float(y0.abs().max())
+    diff = float((y0 - y1).abs().max())
+    if not diff <= rtol * max(scale, 1e-12):
+        raise SwapMismatchError(f"condense in training: eval outputs differ by {diff:.3g} (scale {scale:.3g})")
+    l0, l1 = _probe(before, x, targets, True, 1), _probe(after, x, targets, True, 1)
+    if not abs(float(l0) - float(l1)) <= rtol * max(abs(float(l0)), 1e-12):
+        raise SwapMismatchError(f"condense in training: training losses differ ({float(l0):.6g} vs {float(l1):.6g})")
+
+
+def swap_in_training(trainer, names: list[str], method: str, rtol: float = 1e-5, **facts) -> list[str]:
+    """Replace the named layers of the trainer's model by their trainable deployed forms (those
+    that have one); returns the names swapped. `facts` go into the record's edit."""
+    model = trainer.unwrapped_model
+    modules = dict(model.named_modules())
+    forms = {name: _trainable_form(modules[name]) for name in names}
+    names = [name for name in names if forms[name] is not None]
+    if not names:
+        return []
+    x = torch.randn(4, *trainer.input_shape, device=trainer.device,
+                    generator=torch.Generator(device=trainer.device).manual_seed(0)).to(memory_format=trainer.memory_format)
+    before = copy.deepcopy(model)
+    structure = {name: s for name, s in structure_of(model).items() if name in names}
+    param_group = {id(p): i for i, g in enumerate(trainer.optimizer.param_groups) for p in g["params"]}
+    removed, added, group_of = [], {}, {}
+    with torch.no_grad():
+        for name in names:
+            layer = modules[name]
+            new = forms[name].to(device=trainer.device)
+            if trainer.memory_format is torch.channels_last:
+                new = new.to(memory_format=torch.channels_last)
+            state = _sliced_state(layer, new, trainer.optimizer)
+            group = next((param_group[id(p)] for p in layer.parameters() if id(p) in param_group), 0)
+            for p in new.parameters():
+                group_of[p] = group
+            removed += list(layer.parameters())
+            added.update(state)
+            model.set_submodule(name, new)
+    _check(before, model, x, rtol)
+    _replace_in_optimizer(trainer.optimizer, model, removed, added, group_of)
+    declare_edit(model, OP, method=method, layers=list(names), structure=structure,
+                 channels_last=trainer.memory_format is torch.channels_last, **facts)
+    if isinstance(trainer.model, nn.parallel.DistributedDataParallel):
+        trainer.model = nn.parallel.DistributedDataParallel(model, device_ids=trainer.model.device_ids)
+    log.info("%s: %d layers now train in their deployed form (%s)", method, len(names),
+             ", ".join(sorted({type(model.get_submodule(n)).__name__ for n in names})))
+    return names
+
+
+def swap_facts(model: nn.Module, method: str) -> dict:
+    """What the swap of `method` recorded besides its layers (e.g. the stage reached)."""
+    for e in edits_of(model):
+        if e["op"] == OP and e["method"] == method:
+            return {k: v for k, v in e.items() if k not in ("op", "method", "layers", "structure", "channels_last")}
+    return {}
+
+
+@register_edit(OP)
+@torch.no_grad()
+def redo_swap(model: nn.Module, edit: dict) -> None:
+    restore_structure(model, edit["structure"])
+    for name in edit["layers"]:
+        new = _trainable_form(model.get_submodule(name))
+        if new is None:
+            raise ValueError(f"the record swapped {name!r}, whose structure has no trainable deployed form")
+        if edit.get("channels_last"):
+            new = new.to(memory_format=torch.channels_last)
+        model.set_submodule(name, new)
