@@ -144,3 +144,22 @@ def test_killed_before_or_after_the_swap_resumes_bit_exactly(kind, kill_at, work
     assert len(a["optimizer"]["state"]) == len(b["optimizer"]["state"])
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+
+
+@pytest.mark.parametrize("kind", sorted(RUNS))
+def test_a_run_condensed_in_training_exports_exactly(kind, tmp_path):
+    import json
+
+    proc = run_cli(*RUNS[kind], "data.dataset.image_size=16", "trainer.epochs=4", "data.dataset.train_size=96",
+                   f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["record"]["edits"][-1]["op"] == "condense_in_training"
+    for target in ("null", "onnxruntime"):
+        export = run_cli(f"checkpoint={tmp_path}/run/checkpoints/last.pt", "latency_rounds=3", "latency_batch=4",
+                         "formats=[pt,onnx]", f"target={target}", f"output_dir={tmp_path}/export_{target}",
+                         tiny=False, entry="export_main")
+        assert export.returncode == 0, export.stderr[-2000:]
+        report = json.loads((tmp_path / f"export_{target}/report.json").read_text())
+        assert report["exact"] and report["max_abs_diff"] <= 1e-5 * report["output_scale"]
+        if kind == "lgc" and target == "null":  # the deployed dense blocks, as from a masked run
+            assert "CondensedDenseBlock" in export.stdout

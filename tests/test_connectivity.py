@@ -170,3 +170,24 @@ def test_fixed_sparse_models_train_show_in_tensorboard_export_and_reload(model, 
     assert report["exact"]
     with torch.no_grad():
         assert loaded(torch.randn(2, *shape)).shape == (2, 10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=2, max_size=4), st.integers(0, 10_000),
+       st.sampled_from(["padded", "split"]))
+def test_deployed_layers_dense_form_is_the_same_function(sizes, seed, layout):
+    torch.manual_seed(seed)
+    m = _permuted_blocks([o for o, _ in sizes], [i for _, i in sizes], seed)
+    layer = ConnectivityConv(m.shape[1], m.shape[0], 3, m, padding=1)
+    deployed = from_connectivity(layer.weight, layer.bias, m, layer.stride, layer.padding, layout)
+    x = torch.randn(2, m.shape[1], 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(deployed.dense_form()(x), deployed(x), atol=1e-5)
+    from learnsparse.nn import IndexSelectGroupConv, LearnedGroupConv
+
+    lgc = LearnedGroupConv(12, 8, groups=4, condense_factor=4)
+    lgc.condense_to(lgc.max_stage)
+    isg = IndexSelectGroupConv.from_trained(lgc)
+    x = torch.randn(2, 12, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(isg.dense_form()(x), isg(x), atol=1e-5) and torch.allclose(isg(x), lgc(x), atol=1e-5)

@@ -1,6 +1,8 @@
 """CondenseNet dense blocks → CondensedDenseBlock (vectorized: one gather per layer)."""
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
@@ -28,9 +30,10 @@ def _bn_subset(bn: nn.BatchNorm2d, index: torch.Tensor) -> nn.BatchNorm2d:
 
 @torch.no_grad()
 def convert_dense_layer(layer: DenseLayer) -> CondensedDenseLayer:
+    # conv1 is a learned group conv, or its deployed form already (condensed in training).
     lgc = layer.conv1
-    grouped = IndexSelectGroupConv.from_trained(lgc)
-    g, mid = lgc.groups, lgc.out_channels
+    grouped = copy.deepcopy(lgc) if isinstance(lgc, IndexSelectGroupConv) else IndexSelectGroupConv.from_trained(lgc)
+    g, mid = grouped.groups, grouped.out_channels
     # norm2 acts on conv1's output before the shuffle, i.e. in group-contiguous order, where
     # position g·(mid/G) + k holds filter k·G + g; it folds into the grouped conv.
     order = torch.arange(mid, device=grouped.index.device).reshape(mid // g, g).t().reshape(-1)
@@ -45,7 +48,7 @@ def convert_dense_layer(layer: DenseLayer) -> CondensedDenseLayer:
 
 
 def convert_dense_block(block: DenseBlock) -> CondensedDenseBlock | None:
-    if not all(isinstance(layer.conv1, LearnedGroupConv) for layer in block):
+    if not all(isinstance(layer.conv1, (LearnedGroupConv, IndexSelectGroupConv)) for layer in block):
         return None  # a baseline variant (fixed or dense 1x1): already deployable as it is
     return CondensedDenseBlock([convert_dense_layer(layer) for layer in block], block.in_channels)
 

@@ -21,8 +21,9 @@ from .dense_form import plain_conv
 
 
 def convert(m: IGCConv) -> nn.Sequential:
-    return nn.Sequential(PermutedGroupConv(m.primary, None, m.interleave_order().to(m.primary.weight.device)),
-                         PermutedGroupConv(m.secondary, None, m.back_order().to(m.primary.weight.device)))
+    device = m.primary.weight.device
+    return nn.Sequential(PermutedGroupConv(m.primary, None, m.interleave_order().to(device), m.in_channels),
+                         PermutedGroupConv(m.secondary, None, m.back_order().to(device), m.out_channels))
 
 
 def dense_form(m: IGCConv) -> nn.Conv2d:

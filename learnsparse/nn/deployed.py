@@ -25,12 +25,14 @@ class ChannelShuffle(nn.Module):
 class IndexSelectGroupConv(nn.Module):
     """index_select of the kept inputs → Conv2d(groups=G) → shuffle back to interleaved order."""
 
-    def __init__(self, index: torch.Tensor, conv: nn.Conv2d):
+    def __init__(self, index: torch.Tensor, conv: nn.Conv2d, in_channels: int | None = None):
         super().__init__()
         self.register_buffer("index", index)
         self.conv = conv
         self.groups = conv.groups
-        self.in_channels, self.out_channels = int(index.max()) + 1, conv.out_channels
+        # Channels of the layer's input (the gather may skip the last ones).
+        self.in_channels = in_channels if in_channels is not None else int(index.max()) + 1
+        self.out_channels = conv.out_channels
 
     @classmethod
     def from_trained(cls, lgc) -> "IndexSelectGroupConv":
@@ -47,11 +49,42 @@ class IndexSelectGroupConv(nn.Module):
         conv.weight.data.copy_(w.reshape(out, -1, kh, kw))
         if lgc.conv.bias is not None:
             conv.bias.data.copy_(lgc.conv.bias.detach().reshape(out // g, g).t().reshape(-1))
-        return cls(index.reshape(-1), conv.to(w.device))
+        return cls(index.reshape(-1), conv.to(w.device), lgc.in_channels)
 
     def forward(self, x):
         y = self.conv(x.index_select(1, self.index))
         return channel_shuffle(y, self.groups) if self.groups > 1 else y
 
+    @torch.no_grad()
+    def dense_form(self) -> nn.Conv2d:
+        """The same function as one plain conv over all inputs, its zeros baked in."""
+        w = self.conv.weight.detach()
+        out, per_in, kh, kw = w.shape
+        g = self.groups
+        block = torch.zeros(out, per_in * g, kh, kw, dtype=w.dtype, device=w.device)
+        for k in range(g):  # the grouped conv as a block-diagonal kernel over the gathered inputs
+            rows = slice(k * out // g, (k + 1) * out // g)
+            block[rows, k * per_in:(k + 1) * per_in] = w[rows]
+        full = torch.zeros(out, self.in_channels, kh, kw, dtype=w.dtype, device=w.device)
+        full.index_add_(1, self.index, block)
+        # Output o = j·G + g is the grouped conv's filter g·(out/G) + j (the shuffle).
+        order = torch.arange(out, device=w.device).reshape(g, out // g).t().reshape(-1)
+        bias = self.conv.bias.detach()[order] if self.conv.bias is not None else None
+        return conv_with(full[order], bias, self.conv)
 
-register_layer_type(IndexSelectGroupConv, index_addressed=True)
+
+def conv_with(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Conv2d) -> nn.Conv2d:
+    """A plain nn.Conv2d holding `weight` (and `bias`), with `like`'s stride and padding."""
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), like.stride, like.padding,
+                     bias=bias is not None).to(weight.device)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv
+
+
+# A deployed layer is its own sparse form; the dense form lets the export's tactics (and a
+# network condensed in place during training) fall back to a plain conv where that is faster.
+register_layer_type(IndexSelectGroupConv, index_addressed=True, converter=lambda m: m,
+                    dense_form=IndexSelectGroupConv.dense_form)

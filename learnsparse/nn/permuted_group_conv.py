@@ -21,11 +21,15 @@ PADDING_WASTE_LIMIT = 1.15
 
 class PermutedGroupConv(nn.Module):
     def __init__(self, conv: nn.Conv2d | nn.ModuleList, in_index: torch.Tensor | None,
-                 out_index: torch.Tensor | None):
+                 out_index: torch.Tensor | None, in_channels: int | None = None):
         super().__init__()
         self.conv = conv
         self.register_buffer("in_index", in_index)
         self.register_buffer("out_index", out_index)
+        # Channels of the layer's input (the gather may read only some of them).
+        convs = list(conv) if isinstance(conv, nn.ModuleList) else [conv]
+        self.in_channels = in_channels if in_channels is not None else (
+            int(in_index.max()) + 1 if in_index is not None else sum(c.in_channels for c in convs))
 
     @property
     def layout(self) -> str:
@@ -69,7 +73,7 @@ class PermutedGroupConv(nn.Module):
         position = torch.empty(out_ch, dtype=torch.long, device=w.device)
         flat = out_slots.reshape(-1)
         position[flat[flat >= 0]] = torch.nonzero(flat >= 0).flatten()
-        return cls(conv, _unless_identity(in_index, in_ch), _unless_identity(position, out_ch, groups * max_out))
+        return cls(conv, _unless_identity(in_index, in_ch), _unless_identity(position, out_ch, groups * max_out), in_ch)
 
     @classmethod
     def _split(cls, weight, bias, in_group, out_group, groups, stride, padding) -> "PermutedGroupConv":
@@ -93,7 +97,7 @@ class PermutedGroupConv(nn.Module):
         used = torch.isin(in_group[in_order], out_group)
         position = torch.empty(out_ch, dtype=torch.long, device=w.device)
         position[out_order] = torch.arange(out_ch, device=w.device)
-        return cls(convs, _unless_identity(in_order[used], in_ch), _unless_identity(position, out_ch))
+        return cls(convs, _unless_identity(in_order[used], in_ch), _unless_identity(position, out_ch), in_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_index is not None:
@@ -104,6 +108,37 @@ class PermutedGroupConv(nn.Module):
         else:
             y = self.conv(x)
         return y.index_select(1, self.out_index) if self.out_index is not None else y
+
+
+    @torch.no_grad()
+    def dense_form(self) -> nn.Conv2d:
+        """The same function as one plain conv over all inputs, its zeros baked in."""
+        from .deployed import conv_with
+
+        convs = list(self.conv) if isinstance(self.conv, nn.ModuleList) else [self.conv]
+        first = convs[0]
+        w0 = first.weight
+        kh, kw = w0.shape[-2:]
+        gathered = sum(c.in_channels for c in convs)
+        computed = sum(c.out_channels for c in convs)
+        block = torch.zeros(computed, gathered, kh, kw, dtype=w0.dtype, device=w0.device)
+        bias = torch.zeros(computed, dtype=w0.dtype, device=w0.device)
+        r = c = 0
+        for conv in convs:  # each conv (or each group of the grouped conv) on its own inputs
+            g = conv.groups
+            per_out, per_in = conv.out_channels // g, conv.in_channels // g
+            for k in range(g):
+                block[r + k * per_out:r + (k + 1) * per_out, c + k * per_in:c + (k + 1) * per_in] = \
+                    conv.weight.detach()[k * per_out:(k + 1) * per_out]
+            if conv.bias is not None:
+                bias[r:r + conv.out_channels] = conv.bias.detach()
+            r, c = r + conv.out_channels, c + conv.in_channels
+        index = self.in_index if self.in_index is not None else torch.arange(gathered, device=w0.device)
+        full = torch.zeros(computed, self.in_channels, kh, kw, dtype=w0.dtype, device=w0.device)
+        full.index_add_(1, index, block)  # padding slots read channel 0 with zero weights: they add 0
+        rows = self.out_index if self.out_index is not None else torch.arange(computed, device=w0.device)
+        has_bias = any(conv.bias is not None for conv in convs)
+        return conv_with(full[rows], bias[rows] if has_bias else None, first)
 
 
 def choose_layout(in_group: torch.Tensor, out_group: torch.Tensor, groups: int) -> str:
@@ -141,5 +176,8 @@ def _computed_convs(layer: PermutedGroupConv) -> list[nn.Conv2d]:
     return list(layer.conv) if isinstance(layer.conv, nn.ModuleList) else [layer.conv]
 
 
+# A deployed layer is its own sparse form; its dense form lets the export's tactics fall back to
+# a plain conv (a model condensed in place during training exports through these).
 register_layer_type(PermutedGroupConv, index_addressed=True, trace_leaf=True, computed_convs=_computed_convs,
-                    output_position=lambda layer: layer.out_index)
+                    output_position=lambda layer: layer.out_index, converter=lambda m: m,
+                    dense_form=PermutedGroupConv.dense_form)
