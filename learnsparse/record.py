@@ -109,4 +109,4 @@ def _load_builtins() -> None:
     # learnsparse's own edits and layer types register where they are defined.
     from . import learned_grouping  # noqa: F401  (sparsify)
     from .export import deploy_edits  # noqa: F401  (convert, structure passes, classifier, layout; layer types)
-    from .sparsity import condense_in_training  # noqa: F401  (the in-training swap)
+    from .sparsity import condense_in_training, shrink_in_training  # noqa: F401  (in-training swaps)

@@ -114,7 +114,10 @@ def test_a_swap_that_would_change_outputs_is_refused():
 # 96 images, batch 32: 3 steps per epoch, 4 epochs. The last structure change (LGC's last
 # stage, FLGC's freeze) comes at progress 0.5 = step 6, the first step of epoch 3 (index 2).
 RUNS = {"lgc": ["model=condensenet_mini", "data.in_channels=1", "sparsity=condensenet"],
-        "flgc": ["model=resnet20", "sparsity=flgc", "sparsity.flgc.groups=3"]}
+        "flgc": ["model=resnet20", "sparsity=flgc", "sparsity.flgc.groups=3"],
+        "threshold": ["model=resnet20", "sparsity=threshold", "sparsity.threshold.rule=percentile",
+                      "sparsity.threshold.tau=0.5"]}
+SWAPS = ("condense_in_training", "shrink_in_training")
 
 
 @pytest.mark.parametrize("kind", sorted(RUNS))
@@ -128,7 +131,7 @@ def test_killed_before_or_after_the_swap_resumes_bit_exactly(kind, kill_at, work
                      f"+callbacks.kill.step={kill_at}")
     assert killed.returncode == -signal.SIGKILL
     edits = load_checkpoint(tmp_path / "crash/checkpoints/last.pt")["record"]["edits"]
-    assert any(e["op"] == "condense_in_training" for e in edits) == (kill_at > 6)
+    assert any(e["op"] in SWAPS for e in edits) == (kill_at > 6)
     resumed = run_cli(*common, f"hydra.run.dir={tmp_path}/crash", "trainer.resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
@@ -137,7 +140,7 @@ def test_killed_before_or_after_the_swap_resumes_bit_exactly(kind, kill_at, work
     assert a["iter"] == b["iter"] == 12
     assert [(e["op"], e.get("layers")) for e in a["record"]["edits"]] == \
         [(e["op"], e.get("layers")) for e in b["record"]["edits"]]
-    assert a["record"]["edits"][-1]["op"] == "condense_in_training"
+    assert a["record"]["edits"][-1]["op"] in SWAPS
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -153,7 +156,10 @@ def test_a_run_condensed_in_training_exports_exactly(kind, tmp_path):
     proc = run_cli(*RUNS[kind], "data.dataset.image_size=16", "trainer.epochs=4", "data.dataset.train_size=96",
                    f"hydra.run.dir={tmp_path}/run")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["record"]["edits"][-1]["op"] == "condense_in_training"
+    ckpt = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    assert ckpt["record"]["edits"][-1]["op"] in SWAPS
+    if kind == "threshold":  # about half the filters are gone, not just zero
+        assert sum(v.numel() for k, v in ckpt["model"].items() if k.endswith("weight")) < 0.75 * 272_474
     for target in ("null", "onnxruntime"):
         export = run_cli(f"checkpoint={tmp_path}/run/checkpoints/last.pt", "latency_rounds=3", "latency_batch=4",
                          "formats=[pt,onnx]", f"target={target}", f"output_dir={tmp_path}/export_{target}",
@@ -163,3 +169,41 @@ def test_a_run_condensed_in_training_exports_exactly(kind, tmp_path):
         assert report["exact"] and report["max_abs_diff"] <= 1e-5 * report["output_scale"]
         if kind == "lgc" and target == "null":  # the deployed dense blocks, as from a masked run
             assert "CondensedDenseBlock" in export.stdout
+
+
+def test_shrunk_network_trains_exactly_as_the_masked_one():
+    from learnsparse.sparsity.threshold_freeze import ThresholdFreeze
+
+    torch.manual_seed(0)
+    model = _as_trained(create_model("resnet20", num_classes=10, in_channels=3), 0).train()
+    shape = (3, 16, 16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, *shape, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(6)]
+    _steps(model, optimizer, batches[:2])
+
+    def frozen_copy(shrink: bool):
+        m = copy.deepcopy(model)
+        opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        hook = ThresholdFreeze(m, at=0.0, tau=0.5, rule="percentile", shrink_in_training=shrink)
+        hook.trainer = _fake_trainer(m, opt, shape)
+        hook.trainer.progress = 0.0
+        hook.freeze()
+        return m, opt, hook
+
+    masked, masked_opt, masked_hook = frozen_copy(False)
+    thin, thin_opt, thin_hook = frozen_copy(True)
+    assert sum(p.numel() for p in thin.parameters()) < 0.75 * sum(p.numel() for p in masked.parameters())
+    for m, opt, hook in ((masked, masked_opt, masked_hook), (thin, thin_opt, thin_hook)):
+        m.train()
+        for x, y in batches[2:]:  # the trainer's step, with the hook's masking points
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            hook.after_backward()
+            opt.step()
+            hook.after_step()
+    x = torch.randn(4, *shape, generator=g)
+    with torch.no_grad():
+        a, b = masked.eval()(x), thin.eval()(x)
+    assert (a - b).abs().max() <= 1e-3 * a.abs().max(), (a - b).abs().max()

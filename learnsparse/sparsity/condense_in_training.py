@@ -70,8 +70,11 @@ def _sliced_state(layer: nn.Module, new_layer: nn.Module, optimizer: torch.optim
     return new_state
 
 
-def _replace_in_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, removed: list[nn.Parameter],
-                          added: dict[nn.Parameter, dict], group_of: dict[nn.Parameter, int]) -> None:
+def replace_in_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, removed: list[nn.Parameter],
+                         added: dict[nn.Parameter, dict], group_of: dict[nn.Parameter, int]) -> None:
+    """Drop `removed` and their state; add `added` with theirs, each into its group; every
+    group then lists its parameters in the model's order (as a run rebuilt from the
+    checkpoint would build it)."""
     gone = {id(p) for p in removed}
     for p in removed:
         optimizer.state.pop(p, None)
@@ -94,7 +97,21 @@ def _probe(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, train: bool
     return F.cross_entropy(out, targets) if train else out
 
 
-def _check(before: nn.Module, after: nn.Module, x: torch.Tensor, rtol: float) -> None:
+def probe_input(trainer) -> torch.Tensor:
+    gen = torch.Generator(device=trainer.device).manual_seed(0)
+    x = torch.randn(4, *trainer.input_shape, device=trainer.device, generator=gen)
+    return x.to(memory_format=trainer.memory_format) if x.dim() == 4 else x
+
+
+def rewrap(trainer) -> None:
+    """A DDP wrapper holds the old parameters' buckets: wrap the changed module anew."""
+    if isinstance(trainer.model, nn.parallel.DistributedDataParallel):
+        trainer.model = nn.parallel.DistributedDataParallel(trainer.unwrapped_model,
+                                                            device_ids=trainer.model.device_ids)
+
+
+def check_same_function(before: nn.Module, after: nn.Module, x: torch.Tensor, rtol: float = 1e-5) -> None:
+    """Eval outputs within rtol of their scale, and training-mode losses equal (on copies)."""
     targets = torch.arange(x.shape[0], device=x.device) % 2
     y0, y1 = _probe(before, x, targets, False, 0), _probe(after, x, targets, False, 0)
     scale = float(y0.abs().max())
@@ -115,8 +132,7 @@ def swap_in_training(trainer, names: list[str], method: str, rtol: float = 1e-5,
     names = [name for name in names if forms[name] is not None]
     if not names:
         return []
-    x = torch.randn(4, *trainer.input_shape, device=trainer.device,
-                    generator=torch.Generator(device=trainer.device).manual_seed(0)).to(memory_format=trainer.memory_format)
+    x = probe_input(trainer)
     before = copy.deepcopy(model)
     structure = {name: s for name, s in structure_of(model).items() if name in names}
     param_group = {id(p): i for i, g in enumerate(trainer.optimizer.param_groups) for p in g["params"]}
@@ -134,12 +150,11 @@ def swap_in_training(trainer, names: list[str], method: str, rtol: float = 1e-5,
             removed += list(layer.parameters())
             added.update(state)
             model.set_submodule(name, new)
-    _check(before, model, x, rtol)
-    _replace_in_optimizer(trainer.optimizer, model, removed, added, group_of)
+    check_same_function(before, model, x, rtol)
+    replace_in_optimizer(trainer.optimizer, model, removed, added, group_of)
     declare_edit(model, OP, method=method, layers=list(names), structure=structure,
                  channels_last=trainer.memory_format is torch.channels_last, **facts)
-    if isinstance(trainer.model, nn.parallel.DistributedDataParallel):
-        trainer.model = nn.parallel.DistributedDataParallel(model, device_ids=trainer.model.device_ids)
+    rewrap(trainer)
     log.info("%s: %d layers now train in their deployed form (%s)", method, len(names),
              ", ".join(sorted({type(model.get_submodule(n)).__name__ for n in names})))
     return names

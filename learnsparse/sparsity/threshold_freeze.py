@@ -32,7 +32,7 @@ RULES = ("absolute", "relative", "percentile")
 class ThresholdFreeze(HookBase):
     def __init__(self, model: nn.Module, at: float = 0.5, tau: float = 1e-3, rule: str = "absolute",
                  kinds: list[str] = ("filter",), layers: str = "conv", include: list[str] | None = None,
-                 exclude: list[str] | None = None, exclude_first_conv: bool = False):
+                 exclude: list[str] | None = None, exclude_first_conv: bool = False, shrink_in_training: bool = True):
         if not 0 <= at < 1:
             raise ValueError(f"at must be in [0, 1), got {at}")
         if rule not in RULES:
@@ -45,12 +45,13 @@ class ThresholdFreeze(HookBase):
         if not self.chosen:
             raise ValueError("no layer matches the threshold's include/exclude patterns")
         self.kinds = list(kinds)
-        self.param_names = {id(p): n for n, p in model.named_parameters()}
+        self.shrink_in_training = shrink_in_training
         self.masks: dict[str, torch.Tensor] = {}
+        self._frozen = False
 
     @property
     def frozen(self) -> bool:
-        return bool(self.masks)
+        return self._frozen
 
     def before_train(self) -> None:
         if self.frozen:  # resumed after freezing
@@ -89,11 +90,19 @@ class ThresholdFreeze(HookBase):
         for mask in masks.values():
             broadcast_tensor_(mask)  # every rank freezes what rank 0 froze
         self.masks = masks
+        self._frozen = True
         self._apply_to_weights()
         self._mask_optimizer_state()
         zeroed = sum(int((~m).sum()) for m in masks.values())
         log.info("threshold: froze %d weights at zero at progress %.3f (%s, tau=%g)", zeroed, self.progress,
                  self.rule, self.tau)
+        if self.shrink_in_training:
+            # The zeros are final: train the thinner network (what the export would deploy).
+            from .shrink_in_training import shrink_in_training
+
+            remaining = shrink_in_training(self.trainer, self.masks)
+            if remaining is not None:
+                self.masks = remaining
 
     def _dead_groups(self) -> list[tuple[str, nn.Module, str, torch.Tensor]]:
         norms = []
@@ -146,10 +155,12 @@ class ThresholdFreeze(HookBase):
 
     def after_epoch(self) -> None:
         self.trainer.epoch_metrics["frozen_zero_weights"] = sum(int((~m).sum()) for m in self.masks.values())
+        self.trainer.epoch_metrics["trained_params"] = sum(p.numel() for p in self.model.parameters())
 
     def state_dict(self) -> dict:
-        return {"at": self.at, "tau": self.tau, "rule": self.rule,
+        return {"at": self.at, "tau": self.tau, "rule": self.rule, "frozen": self._frozen,
                 "masks": {n: m.cpu() for n, m in self.masks.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.masks = dict(state.get("masks", {}))
+        self._frozen = bool(state.get("frozen", self.masks))
