@@ -1,0 +1,208 @@
+"""Training speed after condensing in place: one training step (forward, backward, SGD with
+momentum) of the masked network against the same network after the in-training swap, timed in
+one process, interleaved, median of --rounds rounds, at --threads threads.
+
+    python scripts/bench_training_speed.py                      # the three networks below
+    python scripts/bench_training_speed.py --wall --epochs 4     # + whole condensenet_mini runs
+
+Cases (structure at its end state: random weights, then the structure the method reaches):
+- tv_resnet18, FLGC G = 4 balanced on layer*.conv*, 32x32, batch 64; with the fixed-group twin
+  (plain Conv2d(groups=4), no gathers) as the limit and the dense network for reference;
+- ResNet-56 with half the channels inside its blocks removed by threshold-and-freeze (the 50%
+  weakest filters of every block's first conv), batch 64;
+- CondenseNet-86 (CIFAR, every learned group conv at its last stage), batch 64.
+Each network runs in NCHW and in channels-last; the faster of the two is quoted (a user picks
+it with trainer.channels_last). `--wall` also trains condensenet_mini on Fashion-MNIST with
+and without the swap and reports wall time and checkpoint sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from learnsparse import sparsify
+from learnsparse.export.runtimes import interleaved_ms
+from learnsparse.models import create_model
+from learnsparse.nn import FLGConv, LearnedGroupConv
+from learnsparse.sparsity.condense_in_training import swap_in_training
+from learnsparse.sparsity.threshold_freeze import ThresholdFreeze
+
+
+def _trainer(model, optimizer, shape):
+    return SimpleNamespace(unwrapped_model=model, model=model, optimizer=optimizer, device=torch.device("cpu"),
+                           memory_format=torch.contiguous_format, input_shape=list(shape), progress=0.5)
+
+
+def _sgd(model):
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
+                           weight_decay=5e-4)
+
+
+@torch.no_grad()
+def _random_statistics(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+        elif isinstance(m, LearnedGroupConv):
+            m.condense_to(m.max_stage)
+        elif isinstance(m, FLGConv):
+            m.in_logits.copy_(torch.randn(m.in_logits.shape, generator=g))
+            m.out_logits.copy_(torch.randn(m.out_logits.shape, generator=g))
+            m.freeze()
+    return model
+
+
+def flgc_case():
+    shape = (3, 32, 32)
+    torch.manual_seed(0)
+    masked = create_model("tv_resnet18", num_classes=10, in_channels=3)
+    sparsify(masked, "flgc", groups=4, include=["layer*.conv*"], balanced=True)
+    masked = _random_statistics(masked)
+    swapped = copy.deepcopy(masked)
+    opt = _sgd(swapped)
+    swap_in_training(_trainer(swapped, opt, shape), [n for n, m in swapped.named_modules() if isinstance(m, FLGConv)],
+                     "flgc")
+    twin = create_model("tv_resnet18", num_classes=10, in_channels=3)
+    for name, m in list(twin.named_modules()):
+        if name.startswith("layer") and isinstance(m, nn.Conv2d) and ".conv" in name:
+            twin.set_submodule(name, nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                               groups=4, bias=False))
+    dense = create_model("tv_resnet18", num_classes=10, in_channels=3)
+    return shape, {"masked": (masked, None), "swapped": (swapped, None), "twin": (twin, None),
+                   "dense": (dense, None)}
+
+
+def threshold_case():
+    shape = (3, 32, 32)
+    torch.manual_seed(0)
+    base = _random_statistics(create_model("resnet56", num_classes=10, in_channels=3))
+    variants = {}
+    for label, shrink in (("masked", False), ("swapped", True)):
+        model = copy.deepcopy(base)
+        hook = ThresholdFreeze(model, at=0.0, tau=0.5, rule="percentile", include=["layer*.conv1"],
+                               shrink_in_training=shrink)
+        hook.trainer = _trainer(model, _sgd(model), shape)
+        hook.freeze()
+        variants[label] = (model, hook)
+    variants["dense"] = (copy.deepcopy(base), None)
+    return shape, variants
+
+
+def condensenet_case():
+    shape = (3, 32, 32)
+    torch.manual_seed(0)
+    masked = _random_statistics(create_model("condensenet86", num_classes=10, in_channels=3))
+    swapped = copy.deepcopy(masked)
+    swap_in_training(_trainer(swapped, _sgd(swapped), shape),
+                     [n for n, m in swapped.named_modules() if isinstance(m, LearnedGroupConv)], "lgc")
+    return shape, {"masked": (masked, None), "swapped": (swapped, None)}
+
+
+CASES = {"resnet18_flgc_balanced_32_b64": flgc_case, "resnet56_threshold_half_b64": threshold_case,
+         "condensenet86_b64": condensenet_case}
+TARGETS = {"resnet18_flgc_balanced_32_b64": 1.4, "resnet56_threshold_half_b64": 1.8, "condensenet86_b64": 1.15}
+
+
+def step_runner(model, hook, x, y, channels_last: bool):
+    model = model.to(memory_format=torch.channels_last) if channels_last else model
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = _sgd(model)
+    if hook is not None:  # the masked threshold network pays its masking points, as in the trainer
+        hook.model = model
+        hook.trainer = _trainer(model, opt, x.shape[1:])
+        hook._pairs = None  # its cached (parameter, mask) pairs were the original model's
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.enable_grad():  # the timer runs under no_grad
+            F.cross_entropy(model(x), y).backward()
+        if hook is not None:
+            hook.after_backward()
+        opt.step()
+        if hook is not None:
+            hook.after_step()
+    return step
+
+
+def run_case(name: str, batch: int, rounds: int) -> dict:
+    shape, variants = CASES[name]()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *shape, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    runners = {}
+    for label, (model, hook) in variants.items():
+        for cl in (False, True):
+            runners[(label, cl)] = step_runner(copy.deepcopy(model), copy.deepcopy(hook), x, y, cl)
+    ms = interleaved_ms(runners, rounds=rounds)
+    best = {label: min(ms[(label, False)], ms[(label, True)]) for label in variants}
+    params = {label: sum(p.numel() for p in m.parameters()) for label, (m, _) in variants.items()}
+    print(f"## {name}: batch {batch}, {rounds} interleaved rounds, median ms per training step")
+    print("| network | params | NCHW ms | channels-last ms | best ms |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for label in variants:
+        print(f"| {label} | {params[label]:,} | {ms[(label, False)]:.1f} | {ms[(label, True)]:.1f} | {best[label]:.1f} |")
+    speedup = best["masked"] / best["swapped"]
+    line = f"after the swap / masked: {speedup:.2f}x (target ≥ {TARGETS[name]}: {'met' if speedup >= TARGETS[name] else 'NOT met'})"
+    if "twin" in best:
+        line += f"; the fixed-group twin: {best['masked'] / best['twin']:.2f}x (the limit)"
+    if "dense" in best:
+        line += f"; dense: {best['masked'] / best['dense']:.2f}x"
+    print(line, flush=True)
+    return {"ms": {f"{k[0]}{'_cl' if k[1] else ''}": v for k, v in ms.items()}, "speedup": speedup}
+
+
+def wall_runs(epochs: int, subset: int, threads: int) -> None:
+    from learnsparse import train
+    from learnsparse.config_dir import compose
+
+    print(f"## condensenet_mini on Fashion-MNIST, {epochs} epochs on {subset} images, {threads} threads")
+    print("| run | wall s | test top-1 % | last.pt bytes |")
+    print("| --- | ---: | ---: | ---: |")
+    for label, flag in (("masked to the end", "false"), ("condensed in training", "true")):
+        with tempfile.TemporaryDirectory() as out:
+            cfg = compose(["experiment=quickstart", f"trainer.epochs={epochs}", f"data.dataset.train_subset={subset}",
+                           f"sparsity.condensenet.condense_in_training={flag}", "logger=none",
+                           f"paths.output_dir={out}"])
+            t0 = time.perf_counter()
+            metrics = train(cfg)
+            wall = time.perf_counter() - t0
+            size = (Path(out) / "checkpoints" / "last.pt").stat().st_size
+            print(f"| {label} | {wall:.0f} | {metrics['val_top1']:.2f} | {size:,} |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--wall", action="store_true", help="also time whole condensenet_mini runs with and without")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--train-subset", type=int, default=30000)
+    ap.add_argument("--json", type=Path, default=None, help="write the measured figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# bench_training_speed: torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
+          f"{args.rounds} interleaved rounds, median")
+    results = {name: run_case(name, args.batch, args.rounds) for name in args.cases}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.wall:
+        wall_runs(args.epochs, args.train_subset, args.threads)
+
+
+if __name__ == "__main__":
+    main()
