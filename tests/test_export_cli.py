@@ -90,8 +90,10 @@ def test_export_picks_each_blocks_form_for_the_target_and_reports_it(condensed_r
     assert report["latency_target"] == target and report["latency_ms_dense"] > 0
     assert len(report["tactics"]) == 3  # condensenet_mini's three dense blocks
     for block, t in report["tactics"].items():
-        expected = "dense" if t.get("whole_model") else min(t["ms"], key=t["ms"].get)
-        assert t["form"] == expected, (block, t)
+        if t.get("whole_model"):  # the assembled network was fastest with every block in one form
+            assert {u["form"] for u in report["tactics"].values()} == {t["form"]}
+        else:
+            assert t["form"] == min(t["ms"], key=t["ms"].get), (block, t)
     assert f"fastest in {target}" in proc.stdout
     model = load(tmp_path / "condensed.pt")  # the chosen forms are rebuilt
     assert model(torch.zeros(2, *model.input_shape)).shape == (2, 10)

@@ -47,7 +47,8 @@ def test_each_layer_takes_its_faster_form_and_load_replays_it(tmp_path, name, ch
     for layer, t in result.tactics.items():
         assert t["macs"]["sparse"] < t["macs"]["dense"]
         if measure and t.get("whole_model"):
-            assert t["form"] == "dense"  # the assembled sparse network lost to the all-dense one
+            # the assembled network was fastest with every layer in one form
+            assert {u["form"] for u in result.tactics.values()} == {t["form"]}
         elif measure:
             assert t["form"] == min(t["ms"], key=t["ms"].get), (layer, t)
         else:

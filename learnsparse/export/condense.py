@@ -55,14 +55,20 @@ def condense_with_details(model: nn.Module, example_inputs, *, classifier_keep: 
     try:
         tactics = choose_tactics(model.eval(), example_inputs, target, batch, threads, measure) if target else {}
         result = _condense(model.eval(), example_inputs, classifier_keep, rtol, channels_last, tactics)
-        if target and measure and any(t["form"] == SPARSE for t in tactics.values()):
-            # Layers were timed one at a time; the assembled network is checked as a whole, and
-            # where it is still slower than every layer dense, every layer goes dense.
-            all_dense = {n: {**t, "form": DENSE, "whole_model": True} for n, t in tactics.items()}
-            fallback = _condense(model.eval(), example_inputs, classifier_keep, rtol, channels_last, all_dense)
-            ms = whole_model_ms(result.model, fallback.model, example_inputs, target, batch, threads)
-            if ms["dense"] < ms["sparse"]:
-                result = fallback
+        if target and measure and tactics:
+            # Layers were timed one at a time; the assembled network is checked as a whole
+            # against every layer dense and every layer sparse, and the fastest of the three kept
+            # (gathers that each pay off alone can lose together, and the reverse).
+            candidates = {"chosen": result}
+            for form in (DENSE, SPARSE):
+                uniform = {n: {**t, "form": form, "whole_model": True} for n, t in tactics.items()}
+                if any(t["form"] != form for t in tactics.values()):
+                    candidates[form] = _condense(model.eval(), example_inputs, classifier_keep, rtol, channels_last,
+                                                 uniform)
+            if len(candidates) > 1:
+                ms = whole_model_ms({k: r.model for k, r in candidates.items()}, example_inputs, target, batch,
+                                    threads)
+                result = candidates[min(ms, key=ms.get)]
         return result
     finally:
         for m, training in modes.items():  # the caller's model comes back in the mode it was in

@@ -92,11 +92,11 @@ def choose_tactics(model: nn.Module, example: torch.Tensor, target: str = "eager
 
 
 @torch.no_grad()
-def whole_model_ms(sparse: nn.Module, dense: nn.Module, example: torch.Tensor, target: str, batch: int | None,
+def whole_model_ms(models: dict[str, nn.Module], example: torch.Tensor, target: str, batch: int | None,
                    threads: int | None, rounds: int = 11) -> dict[str, float]:
-    """Both assembled networks timed side by side in the target runtime."""
+    """Assembled networks timed side by side in the target runtime."""
     x = example[:1].expand(batch or example.shape[0], *example.shape[1:]).contiguous()
     with tempfile.TemporaryDirectory() as work:
         threads = threads or torch.get_num_threads()
-        return interleaved_ms({SPARSE: runner(sparse, TARGETS[target], x, threads, Path(work)),
-                               DENSE: runner(dense, TARGETS[target], x, threads, Path(work))}, rounds=rounds)
+        return interleaved_ms({k: runner(m, TARGETS[target], x, threads, Path(work)) for k, m in models.items()},
+                              rounds=rounds)
