@@ -23,6 +23,7 @@ import copy
 
 import torch
 
+from learnsparse.end_state import at_end_state
 from learnsparse.export import condense
 from learnsparse.export.measure import count_params, interleaved_latency, macs_by_module
 from learnsparse.export.registry import convert_modules, converter_for
@@ -40,7 +41,7 @@ def trained_model(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = create_model(name, num_classes=1000 if "c4" in name or "c8" in name else 10,
                          in_channels=INPUT.get(name, (3, 32))[0]).eval()
-    return _as_if_trained(model)
+    return at_end_state(model)
 
 
 def flgc_model(name: str, groups: int, include: list[str], balanced: bool, in_channels: int,
@@ -49,24 +50,7 @@ def flgc_model(name: str, groups: int, include: list[str], balanced: bool, in_ch
     torch.manual_seed(seed)
     model = create_model(name, num_classes=10, in_channels=in_channels).eval()
     sparsify(model, "flgc", groups=groups, include=include, balanced=balanced)
-    return _as_if_trained(model)
-
-
-@torch.no_grad()
-def _as_if_trained(model: torch.nn.Module) -> torch.nn.Module:
-    """BatchNorm statistics away from the identity, and learned structure at its end state
-    (LGC condensed to the last stage, FLGC assignments random and frozen)."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
-        elif isinstance(m, LearnedGroupConv):
-            m.condense_to(m.max_stage)
-        elif isinstance(m, FLGConv):
-            m.in_logits.normal_(0, 1)
-            m.out_logits.normal_(0, 1)
-            m.freeze()
-    return model
+    return at_end_state(model)
 
 
 def straightforward_conversion(model: torch.nn.Module) -> torch.nn.Module:

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from learnsparse import sparsify
+from learnsparse.end_state import at_end_state
 from learnsparse.export.runtimes import interleaved_ms
 from learnsparse.models import create_model
 from learnsparse.nn import FLGConv, LearnedGroupConv
@@ -47,28 +48,12 @@ def _sgd(model):
                            weight_decay=5e-4)
 
 
-@torch.no_grad()
-def _random_statistics(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-        elif isinstance(m, LearnedGroupConv):
-            m.condense_to(m.max_stage)
-        elif isinstance(m, FLGConv):
-            m.in_logits.copy_(torch.randn(m.in_logits.shape, generator=g))
-            m.out_logits.copy_(torch.randn(m.out_logits.shape, generator=g))
-            m.freeze()
-    return model
-
-
 def flgc_case():
     shape = (3, 32, 32)
     torch.manual_seed(0)
     masked = create_model("tv_resnet18", num_classes=10, in_channels=3)
     sparsify(masked, "flgc", groups=4, include=["layer*.conv*"], balanced=True)
-    masked = _random_statistics(masked)
+    masked = at_end_state(masked)
     swapped = copy.deepcopy(masked)
     opt = _sgd(swapped)
     swap_in_training(_trainer(swapped, opt, shape), [n for n, m in swapped.named_modules() if isinstance(m, FLGConv)],
@@ -86,7 +71,7 @@ def flgc_case():
 def threshold_case():
     shape = (3, 32, 32)
     torch.manual_seed(0)
-    base = _random_statistics(create_model("resnet56", num_classes=10, in_channels=3))
+    base = at_end_state(create_model("resnet56", num_classes=10, in_channels=3))
     variants = {}
     for label, shrink in (("masked", False), ("swapped", True)):
         model = copy.deepcopy(base)
@@ -102,7 +87,7 @@ def threshold_case():
 def condensenet_case():
     shape = (3, 32, 32)
     torch.manual_seed(0)
-    masked = _random_statistics(create_model("condensenet86", num_classes=10, in_channels=3))
+    masked = at_end_state(create_model("condensenet86", num_classes=10, in_channels=3))
     swapped = copy.deepcopy(masked)
     swap_in_training(_trainer(swapped, _sgd(swapped), shape),
                      [n for n, m in swapped.named_modules() if isinstance(m, LearnedGroupConv)], "lgc")

@@ -11,6 +11,7 @@ import torch
 from learnsparse import sparsify
 from learnsparse.export import condense, dense_equivalent
 from learnsparse.export.artifacts import save_onnx
+from learnsparse.end_state import at_end_state
 from learnsparse.models import create_model
 from learnsparse.nn import FLGConv, LearnedGroupConv
 
@@ -29,20 +30,8 @@ def onnx_ops(model: torch.nn.Module, x: torch.Tensor, path) -> collections.Count
     return ops
 
 
-@torch.no_grad()
 def _as_trained(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-        elif isinstance(m, LearnedGroupConv):
-            m.condense_to(m.max_stage)
-        elif isinstance(m, FLGConv):
-            m.in_logits.copy_(torch.randn(m.in_logits.shape, generator=g))
-            m.out_logits.copy_(torch.randn(m.out_logits.shape, generator=g))
-            m.freeze()
-    return model.eval()
+    return at_end_state(model, seed).eval()
 
 
 def _check(trained, x, tmp_path, learned_layers: int, gathers_per_layer: float):

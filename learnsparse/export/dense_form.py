@@ -9,17 +9,12 @@ import torch
 import torch.nn as nn
 
 from learnsparse.layer_types import layer_type
+from learnsparse.nn.deployed import conv_with
 
 
 def plain_conv(weight: torch.Tensor, bias: torch.Tensor | None, like) -> nn.Conv2d:
     """An nn.Conv2d with these weights and `like`'s stride and padding."""
-    conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), like.stride, like.padding,
-                     bias=bias is not None).to(weight.device)
-    with torch.no_grad():
-        conv.weight.copy_(weight)
-        if bias is not None:
-            conv.bias.copy_(bias)
-    return conv
+    return conv_with(weight, bias, like)
 
 
 @torch.no_grad()
