@@ -12,12 +12,14 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
+import compare_condense_in_training  # noqa: E402
 import compare_connectivity  # noqa: E402
 import compare_group_convs  # noqa: E402
 
 
-@pytest.mark.parametrize("rows", [*compare_connectivity.STUDIES.values(), compare_group_convs.ROWS],
-                         ids=[*compare_connectivity.STUDIES, "group_convs"])
+@pytest.mark.parametrize("rows", [*compare_connectivity.STUDIES.values(), compare_group_convs.ROWS,
+                                  compare_condense_in_training.ROWS],
+                         ids=[*compare_connectivity.STUDIES, "group_convs", "condense_in_training"])
 def test_every_study_row_composes_and_builds(rows, tmp_path):
     from hydra.utils import instantiate
 
