@@ -16,6 +16,7 @@ SSL_RUN = ["model=resnet20", "data.dataset.image_size=16", "optim.lr=0.05", "opt
            "sparsity.ssl_filter_channel.mode=proximal", "sparsity.ssl_depth.strength=0.05",
            "sparsity.ssl_depth.mode=proximal", "sparsity.ssl_filter_channel.until=0.5", "sparsity.ssl_depth.until=0.5",
            "sparsity.threshold.at=0.5", "sparsity.threshold.rule=percentile", "sparsity.threshold.tau=0.3",
+           "sparsity.threshold.shrink_in_training=false",  # the zeros are checked, then exported
            "sparsity.threshold.kinds=[filter,channel]"]
 
 
@@ -80,7 +81,8 @@ def test_layer_sparsity_counts_structure():
 def test_percentile_rule_kills_that_fraction_of_batchnorm_channels(tiny_cfg, tmp_path):
     train(tiny_cfg("model=vgg16_bn", "data.dataset.image_size=32", "sparsity=[bn_slimming,threshold]",
                    "sparsity.threshold.layers=batchnorm", "sparsity.threshold.rule=percentile",
-                   "sparsity.threshold.tau=0.4", "sparsity.threshold.at=0.5", "trainer.epochs=2"))
+                   "sparsity.threshold.tau=0.4", "sparsity.threshold.at=0.5", "trainer.epochs=2",
+                   "sparsity.threshold.shrink_in_training=false"))
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     gammas = torch.cat([v for k, v in ckpt["model"].items() if k.startswith("features") and k.endswith(".weight")
                         and v.dim() == 1])
