@@ -113,7 +113,8 @@ def test_a_swap_that_would_change_outputs_is_refused():
 
 # 96 images, batch 32: 3 steps per epoch, 4 epochs. The last structure change (LGC's last
 # stage, FLGC's freeze) comes at progress 0.5 = step 6, the first step of epoch 3 (index 2).
-RUNS = {"lgc": ["model=condensenet_mini", "data.in_channels=1", "sparsity=condensenet"],
+RUNS = {"lgc": ["model=condensenet_mini", "data.in_channels=1", "sparsity=condensenet",
+                "sparsity.condensenet.condense_in_training=true"],
         "flgc": ["model=resnet20", "sparsity=flgc", "sparsity.flgc.groups=3"],
         "threshold": ["model=resnet20", "sparsity=threshold", "sparsity.threshold.rule=percentile",
                       "sparsity.threshold.tau=0.5"]}

@@ -33,7 +33,7 @@ def stage_at(progress: float, condense_factor: int, condense_fraction: float) ->
 
 class CondensingSchedule(HookBase):
     def __init__(self, model: nn.Module, condense_fraction: float = 0.5, group_lasso: float = 0.0,
-                 log_images: bool = True, condense_in_training: bool = True):
+                 log_images: bool = True, condense_in_training: bool = False):
         if not 0 < condense_fraction <= 1:
             raise ValueError(f"condense_fraction must be in (0, 1], got {condense_fraction}")
         if group_lasso < 0:

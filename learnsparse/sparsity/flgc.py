@@ -105,7 +105,7 @@ class FLGCSchedule(HookBase):
 
 def LGCSchedule(model: nn.Module, groups: int = 4, condense_factor: int = 4, include: list[str] | None = None,
                 exclude: list[str] | None = None, condense_fraction: float = 0.5, group_lasso: float = 0.0,
-                log_images: bool = True, condense_in_training: bool = True) -> CondensingSchedule:
+                log_images: bool = True, condense_in_training: bool = False) -> CondensingSchedule:
     """`sparsity=lgc`: LearnedGroupConv in place of matching convs, condensed on CondenseNet's schedule.
     A model that has them already (rebuilt from a checkpoint's record) keeps them."""
     if not swapped_by(model, SWAP_METHOD) and not any(isinstance(m, LearnedGroupConv) for m in model.modules()):
