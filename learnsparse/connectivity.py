@@ -178,16 +178,9 @@ def connectivity_of(module: nn.Module) -> Matrix:
     if hasattr(module, "connectivity") and callable(module.connectivity):
         return module.connectivity().bool().cpu()
     if isinstance(module, nn.Conv2d):
-        w = module.weight.detach().cpu()
-        live = w.flatten(2).ne(0).any(dim=2)  # [out, in / groups]
-        g = module.groups
-        if g == 1:
-            return live
-        full = torch.zeros(module.out_channels, module.in_channels, dtype=torch.bool)
-        per_in, per_out = module.in_channels // g, module.out_channels // g
-        for k in range(g):
-            full[k * per_out:(k + 1) * per_out, k * per_in:(k + 1) * per_in] = live[k * per_out:(k + 1) * per_out]
-        return full
+        from learnsparse.nn.deployed import ungrouped_weight
+
+        return ungrouped_weight(module).cpu().flatten(2).ne(0).any(dim=2)
     if isinstance(module, nn.Linear):
         return module.weight.detach().cpu().ne(0)
     raise TypeError(f"{type(module).__name__} has no connection matrix")

@@ -59,18 +59,27 @@ class IndexSelectGroupConv(nn.Module):
     def dense_form(self) -> nn.Conv2d:
         """The same function as one plain conv over all inputs, its zeros baked in."""
         w = self.conv.weight.detach()
-        out, per_in, kh, kw = w.shape
+        out, _, kh, kw = w.shape
         g = self.groups
-        block = torch.zeros(out, per_in * g, kh, kw, dtype=w.dtype, device=w.device)
-        for k in range(g):  # the grouped conv as a block-diagonal kernel over the gathered inputs
-            rows = slice(k * out // g, (k + 1) * out // g)
-            block[rows, k * per_in:(k + 1) * per_in] = w[rows]
+        block = ungrouped_weight(self.conv)  # over the gathered inputs
         full = torch.zeros(out, self.in_channels, kh, kw, dtype=w.dtype, device=w.device)
         full.index_add_(1, self.index, block)
         # Output o = j·G + g is the grouped conv's filter g·(out/G) + j (the shuffle).
         order = torch.arange(out, device=w.device).reshape(g, out // g).t().reshape(-1)
         bias = self.conv.bias.detach()[order] if self.conv.bias is not None else None
         return conv_with(full[order], bias, self.conv)
+
+
+def ungrouped_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """A (grouped) conv's weight as the [out, in, kh, kw] kernel of the equal ungrouped conv:
+    each group's block on the diagonal, zeros elsewhere."""
+    w, g = conv.weight.detach(), conv.groups
+    out, per_in = w.shape[:2]
+    per_out = out // g
+    full = w.new_zeros(out, per_in * g, *w.shape[2:])
+    for k in range(g):
+        full[k * per_out:(k + 1) * per_out, k * per_in:(k + 1) * per_in] = w[k * per_out:(k + 1) * per_out]
+    return full
 
 
 def conv_with(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Conv2d) -> nn.Conv2d:

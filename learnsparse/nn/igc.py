@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from learnsparse import connectivity as conn
 
-from .deployed import channel_shuffle
+from .deployed import channel_shuffle, ungrouped_weight
 
 
 class IGCConv(nn.Module):
@@ -52,8 +52,8 @@ class IGCConv(nn.Module):
     @torch.no_grad()
     def composed_weight(self) -> torch.Tensor:
         """The one k×k kernel [out, in, k, k] the block equals (it is linear)."""
-        primary = _full_weight(self.primary)[self.interleave_order()]  # [C, in, k, k]
-        secondary = _full_weight(self.secondary)[self.back_order()][:, :, 0, 0]  # [C, C]
+        primary = ungrouped_weight(self.primary)[self.interleave_order()]  # [C, in, k, k]
+        secondary = ungrouped_weight(self.secondary)[self.back_order()][:, :, 0, 0]  # [C, C]
         return torch.einsum("op,pikl->oikl", secondary, primary)
 
     def connectivity(self) -> torch.Tensor:
@@ -62,13 +62,3 @@ class IGCConv(nn.Module):
     def extra_repr(self) -> str:
         return f"primary_groups={self.primary_groups}, secondary_groups={self.secondary_groups}"
 
-
-def _full_weight(conv: nn.Conv2d) -> torch.Tensor:
-    """A grouped conv's weight as the [out, in, k, k] kernel of the equal ungrouped conv."""
-    w, g = conv.weight.detach(), conv.groups
-    out, per_in = w.shape[:2]
-    full = w.new_zeros(out, per_in * g, *w.shape[2:])
-    per_out = out // g
-    for k in range(g):
-        full[k * per_out:(k + 1) * per_out, k * per_in:(k + 1) * per_in] = w[k * per_out:(k + 1) * per_out]
-    return full

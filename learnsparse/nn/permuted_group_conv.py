@@ -113,7 +113,7 @@ class PermutedGroupConv(nn.Module):
     @torch.no_grad()
     def dense_form(self) -> nn.Conv2d:
         """The same function as one plain conv over all inputs, its zeros baked in."""
-        from .deployed import conv_with
+        from .deployed import conv_with, ungrouped_weight
 
         convs = list(self.conv) if isinstance(self.conv, nn.ModuleList) else [self.conv]
         first = convs[0]
@@ -125,11 +125,7 @@ class PermutedGroupConv(nn.Module):
         bias = torch.zeros(computed, dtype=w0.dtype, device=w0.device)
         r = c = 0
         for conv in convs:  # each conv (or each group of the grouped conv) on its own inputs
-            g = conv.groups
-            per_out, per_in = conv.out_channels // g, conv.in_channels // g
-            for k in range(g):
-                block[r + k * per_out:r + (k + 1) * per_out, c + k * per_in:c + (k + 1) * per_in] = \
-                    conv.weight.detach()[k * per_out:(k + 1) * per_out]
+            block[r:r + conv.out_channels, c:c + conv.in_channels] = ungrouped_weight(conv)
             if conv.bias is not None:
                 bias[r:r + conv.out_channels] = conv.bias.detach()
             r, c = r + conv.out_channels, c + conv.in_channels
