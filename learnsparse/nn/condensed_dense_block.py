@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from learnsparse.layer_types import register_layer_type
 
+from .channel_ops import select_channels
+
 
 class CondensedDenseLayer(nn.Module):
     """index_select → BN → ReLU → grouped 1x1 (BN folded) → ReLU → shuffle → grouped 3x3."""
@@ -39,9 +41,9 @@ class CondensedDenseLayer(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """The new channels from the block's features so far, in plain ops."""
-        x = F.relu(self.norm1(features.index_select(1, self.index)))
+        x = F.relu(self.norm1(select_channels(features, self.index)))
         y = F.relu(self.conv1(x))
-        return self.conv2(y.index_select(1, self.shuffle))
+        return self.conv2(select_channels(y, self.shuffle))
 
     def new_features(self, buffer: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """The eager path: `table` is the block's storage viewed as one row per (image,

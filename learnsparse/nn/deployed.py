@@ -6,11 +6,7 @@ import torch.nn as nn
 
 from learnsparse.layer_types import register_layer_type
 
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Group-contiguous channel order (g, k) → interleaved order k·G + g."""
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+from .channel_ops import channel_shuffle, select_channels
 
 
 class ChannelShuffle(nn.Module):
@@ -52,7 +48,7 @@ class IndexSelectGroupConv(nn.Module):
         return cls(index.reshape(-1), conv.to(w.device), lgc.in_channels)
 
     def forward(self, x):
-        y = self.conv(x.index_select(1, self.index))
+        y = self.conv(select_channels(x, self.index))
         return channel_shuffle(y, self.groups) if self.groups > 1 else y
 
     @torch.no_grad()

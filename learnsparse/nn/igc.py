@@ -20,7 +20,8 @@ import torch.nn as nn
 
 from learnsparse import connectivity as conn
 
-from .deployed import channel_shuffle, ungrouped_weight
+from .channel_ops import channel_shuffle
+from .deployed import ungrouped_weight
 
 
 class IGCConv(nn.Module):

@@ -15,6 +15,8 @@ import torch.nn as nn
 
 from learnsparse.layer_types import register_layer_type
 
+from .channel_ops import select_channels
+
 # Split when padding would add more than this fraction of work (docs/flgc.md, "Export speed").
 PADDING_WASTE_LIMIT = 1.15
 
@@ -101,13 +103,13 @@ class PermutedGroupConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_index is not None:
-            x = x.index_select(1, self.in_index)
+            x = select_channels(x, self.in_index)
         if isinstance(self.conv, nn.ModuleList):
             parts = x.split([c.in_channels for c in self.conv], dim=1)
             y = torch.cat([conv(part) for conv, part in zip(self.conv, parts)], dim=1)
         else:
             y = self.conv(x)
-        return y.index_select(1, self.out_index) if self.out_index is not None else y
+        return select_channels(y, self.out_index) if self.out_index is not None else y
 
 
     @torch.no_grad()

@@ -1,0 +1,33 @@
+"""Channel reorders — gathers and shuffles along dim 1 — that keep a channels-last tensor
+channels-last.
+
+`index_select(1, …)` and a view/transpose shuffle return NCHW tensors whatever their input's
+layout, so in a channels-last network every one of them made the next BatchNorm, conv and
+concat convert back (in training, in both directions): CondenseNet-86's deployed layers trained
+twice as slow in channels-last as in NCHW. On a channels-last tensor the channels are the
+innermost dimension, so both reorders run on the NHWC view and return NHWC. An NCHW input (and
+what `torch.export` and ONNX trace from one) takes the plain ops.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def select_channels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x.index_select(1, index), in x's memory format."""
+    if is_channels_last(x):
+        return x.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
+    return x.index_select(1, index)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Group-contiguous channel order (g, k) → interleaved order k·G + g, in x's memory format."""
+    b, c, h, w = x.shape
+    if is_channels_last(x):
+        nhwc = x.permute(0, 2, 3, 1).reshape(b, h, w, groups, c // groups).transpose(3, 4)
+        return nhwc.reshape(b, h, w, c).permute(0, 3, 1, 2)
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
