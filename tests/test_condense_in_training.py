@@ -208,3 +208,79 @@ def test_shrunk_network_trains_exactly_as_the_masked_one():
     with torch.no_grad():
         a, b = masked.eval()(x), thin.eval()(x)
     assert (a - b).abs().max() <= 1e-3 * a.abs().max(), (a - b).abs().max()
+
+
+def test_measured_choice_swaps_only_the_layers_that_train_faster_deployed(monkeypatch):
+    from learnsparse.record import edits_of
+    from learnsparse.sparsity import trainable_forms
+    from learnsparse.sparsity.condense_in_training import redo_swap
+
+    model, shape = _structured("lgc", 0)
+    before = copy.deepcopy(model)
+    names = [n for n, m in model.named_modules() if isinstance(m, LearnedGroupConv)]
+    slow_deployed = names[0]
+    seen_shapes = []
+
+    def fake_ms(forms, x, amp_dtype=None, rounds=9):  # the first layer trains faster masked
+        seen_shapes.append(tuple(x.shape))
+        layer = forms[trainable_forms.MASKED]
+        first = layer is not None and layer.in_channels == before.get_submodule(slow_deployed).in_channels
+        return {trainable_forms.MASKED: 1.0, trainable_forms.DEPLOYED: 2.0 if first else 0.5}
+
+    monkeypatch.setattr(trainable_forms, "training_step_ms", fake_ms)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trainer = _fake_trainer(model, optimizer, shape)
+    trainer.train_loader = SimpleNamespace(batch_size=12)
+    done = swap_in_training(trainer, names, "test", choose="measure")
+    # Timed on one training batch's worth of each layer's real input.
+    assert len(seen_shapes) == len(names) and all(s[0] == 12 for s in seen_shapes)
+    assert isinstance(model.get_submodule(slow_deployed), LearnedGroupConv) and slow_deployed not in done
+    assert set(done) == set(names[1:]) and len(done) > 0
+    assert [id(p) for p in optimizer.param_groups[0]["params"]] == [id(p) for p in model.parameters()]
+    # The record keeps the choice and replays it: no timing on rebuild.
+    edit = edits_of(model)[-1]
+    assert edit["forms"][slow_deployed]["form"] == trainable_forms.MASKED
+    monkeypatch.setattr(trainable_forms, "training_step_ms", None)
+    redo_swap(before, edit)
+    assert [type(m) for m in before.modules()] == [type(m) for m in model.modules()]
+    before.load_state_dict(model.state_dict())
+
+
+def test_timing_the_forms_leaves_the_training_untouched():
+    from learnsparse.sparsity.trainable_forms import DEPLOYED, MASKED, choose_forms
+    from learnsparse.sparsity.condense_in_training import _trainable_form
+
+    model, shape = _structured("lgc", 0)
+    names = [n for n, m in model.named_modules() if isinstance(m, LearnedGroupConv)][:2]
+    forms = {n: _trainable_form(model.get_submodule(n)) for n in names}
+    state = copy.deepcopy(model.state_dict())
+    x = torch.randn(6, *shape)
+    rng = torch.get_rng_state()
+    chosen = choose_forms(model, forms, x, "measure", rounds=3)
+    for name in names:
+        ms = chosen[name]["ms"]
+        assert set(ms) == {MASKED, DEPLOYED} and all(v > 0 for v in ms.values())
+        assert chosen[name]["form"] == min(ms, key=ms.get)
+    assert torch.equal(torch.get_rng_state(), rng)  # the training's random stream is not consumed
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # nor BatchNorm statistics
+    assert choose_forms(model, forms, x, DEPLOYED) == {n: {"form": DEPLOYED} for n in names}
+    with pytest.raises(ValueError, match="trainable_form must be one of"):
+        from learnsparse.sparsity.condensing import CondensingSchedule
+
+        CondensingSchedule(model, trainable_form="fastest")
+
+
+def test_a_run_with_measured_forms_records_its_choice_and_resumes_on_it(tmp_path):
+    common = [*RUNS["lgc"], "sparsity.condensenet.trainable_form=measure", "data.dataset.image_size=16",
+              "data.dataset.train_size=96", f"hydra.run.dir={tmp_path}/run"]
+    first = run_cli(*common, "trainer.epochs=4")
+    assert first.returncode == 0, first.stderr[-2000:]
+    edit = load_checkpoint(tmp_path / "run/checkpoints/last.pt")["record"]["edits"][-1]
+    assert edit["op"] == "condense_in_training"
+    assert all(set(c["ms"]) == {"masked", "deployed"} for c in edit["forms"].values())
+    assert sorted(edit["layers"]) == sorted(n for n, c in edit["forms"].items() if c["form"] == "deployed")
+    longer = run_cli(*common, "trainer.epochs=5", "trainer.resume=auto")
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    again = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    replayed = again["record"]["edits"][-1]  # replayed from the record, not timed again
+    assert again["epoch"] == 4 and (replayed["layers"], replayed["forms"]) == (edit["layers"], edit["forms"])

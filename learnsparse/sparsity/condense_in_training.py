@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from learnsparse.layer_types import layer_type
 from learnsparse.record import declare_edit, edits_of, register_edit, restore_structure, structure_of
 
+from .trainable_forms import DEPLOYED, choose_forms
+
 log = logging.getLogger("learnsparse")
 OP = "condense_in_training"
 
@@ -97,10 +99,16 @@ def _probe(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, train: bool
     return F.cross_entropy(out, targets) if train else out
 
 
-def probe_input(trainer) -> torch.Tensor:
+def probe_input(trainer, batch: int = 4) -> torch.Tensor:
     gen = torch.Generator(device=trainer.device).manual_seed(0)
-    x = torch.randn(4, *trainer.input_shape, device=trainer.device, generator=gen)
+    x = torch.randn(batch, *trainer.input_shape, device=trainer.device, generator=gen)
     return x.to(memory_format=trainer.memory_format) if x.dim() == 4 else x
+
+
+def training_batch(trainer) -> torch.Tensor:
+    """An input of one training batch's shape (per rank), for timing layers as they train."""
+    loader = getattr(trainer, "train_loader", None)
+    return probe_input(trainer, getattr(loader, "batch_size", None) or 4)
 
 
 def rewrap(trainer) -> None:
@@ -123,14 +131,23 @@ def check_same_function(before: nn.Module, after: nn.Module, x: torch.Tensor, rt
         raise SwapMismatchError(f"condense in training: training losses differ ({float(l0):.6g} vs {float(l1):.6g})")
 
 
-def swap_in_training(trainer, names: list[str], method: str, rtol: float = 1e-5, **facts) -> list[str]:
+def swap_in_training(trainer, names: list[str], method: str, rtol: float = 1e-5, choose: str = DEPLOYED,
+                     **facts) -> list[str]:
     """Replace the named layers of the trainer's model by their trainable deployed forms (those
-    that have one); returns the names swapped. `facts` go into the record's edit."""
+    that have one; with `choose="measure"`, those whose deployed form also trains faster);
+    returns the names swapped. `facts` go into the record's edit."""
     model = trainer.unwrapped_model
     modules = dict(model.named_modules())
     forms = {name: _trainable_form(modules[name]) for name in names}
-    names = [name for name in names if forms[name] is not None]
-    if not names:
+    forms = {name: form.to(device=trainer.device, memory_format=trainer.memory_format)
+             for name, form in forms.items() if form is not None}
+    chosen = choose_forms(model, forms, training_batch(trainer), choose, getattr(trainer, "amp_dtype", None))
+    names = [name for name in forms if chosen[name]["form"] == DEPLOYED]
+    if choose != DEPLOYED:
+        log.info("%s: %d of %d layers train faster deployed (forward + backward measured)", method,
+                 len(names), len(forms))
+        facts["forms"] = chosen  # recorded even if no layer swaps, so resume does not time again
+    if not forms or not (names or "forms" in facts):
         return []
     x = probe_input(trainer)
     before = copy.deepcopy(model)
@@ -140,9 +157,7 @@ def swap_in_training(trainer, names: list[str], method: str, rtol: float = 1e-5,
     with torch.no_grad():
         for name in names:
             layer = modules[name]
-            new = forms[name].to(device=trainer.device)
-            if trainer.memory_format is torch.channels_last:
-                new = new.to(memory_format=torch.channels_last)
+            new = forms[name]
             state = _sliced_state(layer, new, trainer.optimizer)
             group = next((param_group[id(p)] for p in layer.parameters() if id(p) in param_group), 0)
             for p in new.parameters():
@@ -164,7 +179,8 @@ def swap_facts(model: nn.Module, method: str) -> dict:
     """What the swap of `method` recorded besides its layers (e.g. the stage reached)."""
     for e in edits_of(model):
         if e["op"] == OP and e["method"] == method:
-            return {k: v for k, v in e.items() if k not in ("op", "method", "layers", "structure", "channels_last")}
+            return {k: v for k, v in e.items()
+                    if k not in ("op", "method", "layers", "structure", "channels_last", "forms")}
     return {}
 
 

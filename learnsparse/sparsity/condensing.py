@@ -17,6 +17,7 @@ from learnsparse.engine.hook_base import HookBase
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
 
 from .condense_in_training import swap_facts, swap_in_training
+from .trainable_forms import DEPLOYED, check_choice
 from .connectivity import connectivity_image
 
 log = logging.getLogger("learnsparse")
@@ -33,7 +34,7 @@ def stage_at(progress: float, condense_factor: int, condense_fraction: float) ->
 
 class CondensingSchedule(HookBase):
     def __init__(self, model: nn.Module, condense_fraction: float = 0.5, group_lasso: float = 0.0,
-                 log_images: bool = True, condense_in_training: bool = False):
+                 log_images: bool = True, condense_in_training: bool = False, trainable_form: str = DEPLOYED):
         if not 0 < condense_fraction <= 1:
             raise ValueError(f"condense_fraction must be in (0, 1], got {condense_fraction}")
         if group_lasso < 0:
@@ -48,6 +49,7 @@ class CondensingSchedule(HookBase):
         self.group_lasso = group_lasso
         self.log_images = log_images
         self.condense_in_training = condense_in_training
+        self.trainable_form = check_choice(trainable_form)
 
     def before_train(self) -> None:
         self._log_connectivity()
@@ -72,7 +74,8 @@ class CondensingSchedule(HookBase):
         """Every layer is at its last stage: its structure is final, so it trains deployed."""
         kept = sum(float(m.mask.sum()) for _, m in self.layers) / sum(m.mask.numel() for _, m in self.layers)
         facts = {"stage": self.stages()[0], "kept": kept}
-        names = swap_in_training(self.trainer, [n for n, _ in self.layers], SWAP_METHOD, **facts)
+        names = swap_in_training(self.trainer, [n for n, _ in self.layers], SWAP_METHOD,
+                                 choose=self.trainable_form, **facts)
         self.layers = [(n, m) for n, m in self.layers if n not in names]
         self.swapped = facts
 

@@ -23,6 +23,7 @@ from learnsparse.nn.learned_group_conv import LearnedGroupConv
 from learnsparse.learned_grouping import sparsify
 
 from .condense_in_training import swap_in_training, swapped_by
+from .trainable_forms import DEPLOYED, check_choice
 from .condensing import SWAP_METHOD, CondensingSchedule
 from .connectivity import connectivity_image
 
@@ -33,7 +34,7 @@ class FLGCSchedule(HookBase):
     def __init__(self, model: nn.Module, groups: int = 4, balanced: bool = False, learn_fraction: float = 0.5,
                  temperature: float = 1.0, temperature_end: float | None = None, include: list[str] | None = None,
                  exclude: list[str] | None = None, log_images: bool = True, assignment_grad_scale: float = 10.0,
-                 condense_in_training: bool = True):
+                 condense_in_training: bool = True, trainable_form: str = DEPLOYED):
         if not 0 <= learn_fraction <= 1:
             raise ValueError(f"learn_fraction must be in [0, 1], got {learn_fraction}")
         if temperature <= 0 or (temperature_end is not None and temperature_end <= 0):
@@ -52,6 +53,7 @@ class FLGCSchedule(HookBase):
         self.temperature, self.temperature_end = temperature, temperature_end
         self.log_images = log_images
         self.condense_in_training = condense_in_training
+        self.trainable_form = check_choice(trainable_form)
         self._epoch_start: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
@@ -72,7 +74,7 @@ class FLGCSchedule(HookBase):
             log.info("flgc: assignments frozen at progress %.3f", self.progress)
             if self.condense_in_training:
                 # Frozen: the grouping is final, so the layers train as grouped convs.
-                names = swap_in_training(self.trainer, [n for n, _ in self.layers], "flgc")
+                names = swap_in_training(self.trainer, [n for n, _ in self.layers], "flgc", choose=self.trainable_form)
                 self.layers = [(n, m) for n, m in self.layers if n not in names]
                 self._epoch_start = [tuple(t.clone() for t in m.assignments()) for _, m in self.layers]
                 self.swapped = bool(names)
@@ -105,10 +107,12 @@ class FLGCSchedule(HookBase):
 
 def LGCSchedule(model: nn.Module, groups: int = 4, condense_factor: int = 4, include: list[str] | None = None,
                 exclude: list[str] | None = None, condense_fraction: float = 0.5, group_lasso: float = 0.0,
-                log_images: bool = True, condense_in_training: bool = False) -> CondensingSchedule:
+                log_images: bool = True, condense_in_training: bool = False,
+                trainable_form: str = DEPLOYED) -> CondensingSchedule:
     """`sparsity=lgc`: LearnedGroupConv in place of matching convs, condensed on CondenseNet's schedule.
     A model that has them already (rebuilt from a checkpoint's record) keeps them."""
     if not swapped_by(model, SWAP_METHOD) and not any(isinstance(m, LearnedGroupConv) for m in model.modules()):
         sparsify(model, "lgc", groups=groups, condense_factor=condense_factor, include=include, exclude=exclude)
     return CondensingSchedule(model, condense_fraction=condense_fraction, group_lasso=group_lasso,
-                              log_images=log_images, condense_in_training=condense_in_training)
+                              log_images=log_images, condense_in_training=condense_in_training,
+                              trainable_form=trainable_form)
