@@ -148,10 +148,10 @@ def _grouped_twin(model: nn.Module, prefix: str, groups: int) -> nn.Module:
 # --- the runtimes (learnsparse.export.runtimes) ----------------------------------------------
 
 # The export is made for the runtime it runs in: `learnsparse-export target=...` times each
-# learned layer's forms there. AOTInductor compiles with inductor, so it uses the export made
-# for torch.compile (timing AOTInductor builds per layer would take minutes each).
+# learned layer's forms there (for AOTInductor, in torch.compile: the same Inductor code, built
+# in seconds), then the assembled network in the target runtime itself.
 TARGET_OF = {"eager": "eager", "eager_cl": "eager", "compile": "compile", "ort": "onnxruntime", "pt2": "pt2",
-             "aoti": "compile"}
+             "aoti": "aoti"}
 
 
 @dataclass

@@ -72,3 +72,21 @@ def test_a_dense_choice_deploys_the_dense_form():
     result = _condense(model, x, None, 1e-5, True, {n: {"form": f} for n, f in forced.items()})
     assert not any(type(m).__name__ == "PermutedGroupConv" for m in result.model.modules())
     assert result.max_abs_diff <= 1e-5 * result.output_scale
+
+
+def test_aoti_target_times_layers_in_inductor_and_the_assembled_network_in_aotinductor(monkeypatch):
+    from learnsparse.export import tactics
+
+    used = []
+
+    def fake_runner(model, runtime, x, threads, work, eager_form=None):
+        used.append(runtime)
+        return lambda: model(x)
+
+    monkeypatch.setattr(tactics, "runner", fake_runner)
+    model = _trained("condensenet_mini", 1, seed=0, flgc=False)
+    result = condense_with_details(model, torch.randn(2, 1, 28, 28), target="aoti", batch=4, threads=2)
+    layers = len(result.tactics)
+    assert layers and used[:2 * layers] == ["compile"] * (2 * layers)  # each layer's two forms
+    assert set(used[2 * layers:]) == {"aoti"}  # the assembled candidates, in AOTInductor itself
+    assert result.max_abs_diff <= 1e-5 * result.output_scale

@@ -21,7 +21,7 @@ import torch.nn as nn
 from learnsparse.layer_types import layer_type
 
 from .measure import macs_by_module
-from .runtimes import TARGETS, interleaved_ms, runner
+from .runtimes import LAYER_RUNTIME, TARGETS, interleaved_ms, runner
 
 SPARSE, DENSE = "sparse", "dense"
 RULE_MAC_RATIO = 0.5  # measure=false: sparse when it computes at most this share of the dense MACs
@@ -81,7 +81,8 @@ def choose_tactics(model: nn.Module, example: torch.Tensor, target: str = "eager
             macs = {k: int(macs_by_module(m, one)[""]) for k, m in forms.items()}
             choice = {"macs": macs}
             if measure:
-                runners = {k: runner(m, TARGETS[target], inputs[name], threads or torch.get_num_threads(), Path(work))
+                runtime = LAYER_RUNTIME.get(TARGETS[target], TARGETS[target])
+                runners = {k: runner(m, runtime, inputs[name], threads or torch.get_num_threads(), Path(work))
                            for k, m in forms.items()}
                 choice["ms"] = interleaved_ms(runners, rounds=rounds)
                 choice["form"] = min(choice["ms"], key=choice["ms"].get)
