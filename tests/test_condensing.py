@@ -7,7 +7,6 @@ from learnsparse import train
 from learnsparse.engine import NonFiniteLossError
 from learnsparse.engine.checkpoint_io import load_checkpoint
 from learnsparse.models import create_model
-from learnsparse.nn import LearnedGroupConv
 from learnsparse.sparsity.condensing import CondensingSchedule, stage_at
 
 

@@ -1,5 +1,4 @@
 """Compose the real configs and instantiate every option of every group."""
-from pathlib import Path
 
 import pytest
 import torch

@@ -109,7 +109,7 @@ def test_constant_channels_fold_into_linear_and_unpadded_1x1_readers(tmp_path):
 
 def test_zero_filter_with_bias_folds_into_an_unpadded_conv():
     model = _model("lenet5", 0, frac=0.0)
-    conv1, conv2 = model.features[0], model.features[3]
+    conv1 = model.features[0]
     with torch.no_grad():
         conv1.weight[[2, 7, 11]] = 0  # bias stays: the channel is the constant relu(b), max-pooled
         conv1.bias[2] = -1.0          # ... and 0 after the ReLU for this one

@@ -125,10 +125,10 @@ def test_sparsify_replaces_matching_convs_and_keeps_their_weights():
 
 
 def test_flgc_run_learns_assignments_then_freezes_and_exports(tiny_cfg, tmp_path):
-    metrics = train(tiny_cfg("model=resnet20", "data.dataset.image_size=16", "sparsity=flgc", "sparsity.flgc.groups=3",
-                             "sparsity.flgc.condense_in_training=false",
-                             "sparsity.flgc.include=[layer*.conv*]", "sparsity.flgc.learn_fraction=0.5",
-                             "sparsity.flgc.temperature_end=0.3", "optim.lr=0.5", "trainer.epochs=2"))
+    train(tiny_cfg("model=resnet20", "data.dataset.image_size=16", "sparsity=flgc", "sparsity.flgc.groups=3",
+                   "sparsity.flgc.condense_in_training=false",
+                   "sparsity.flgc.include=[layer*.conv*]", "sparsity.flgc.learn_fraction=0.5",
+                   "sparsity.flgc.temperature_end=0.3", "optim.lr=0.5", "trainer.epochs=2"))
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["flgc_assignments_changed_pct"] > 0  # assignments move while they learn
     assert lines[-1]["flgc_frozen"] == 1 and lines[-1]["flgc_assignments_changed_pct"] == 0
