@@ -93,8 +93,8 @@ def condensenet_case(batch: int):
     # Every layer deployed; and only those whose forward + backward measured faster deployed, in
     # channels-last (the masked network's faster format), as `trainable_form=measure` does.
     for label, choose in (("swapped", "deployed"), ("swapped, measured forms", "measure")):
-        model = copy.deepcopy(masked)
         fmt = torch.channels_last if choose == "measure" else torch.contiguous_format
+        model = copy.deepcopy(masked).to(memory_format=fmt)  # as the trainer holds it
         swap_in_training(_trainer(model, _sgd(model), shape, batch, fmt),
                          [n for n, m in model.named_modules() if isinstance(m, LearnedGroupConv)], "lgc",
                          choose=choose)
