@@ -255,6 +255,10 @@ def main() -> None:
         for name in args.cases:
             case = CASES[name]()  # built and exported on the CPU; each runtime moves its copy to the device
             run_case(case, args.runtimes, device, args.threads, args.rounds, Path(work))
+            # Compiled code of this case's networks goes: the next case's networks share
+            # forward functions with them (same model class), and Dynamo counts its recompiles
+            # per function.
+            torch._dynamo.reset()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from .artifacts import graph_form, quiet_onnx_export
 RUNTIMES = ("eager", "eager_cl", "compile", "ort", "pt2", "aoti")
 # learnsparse-export `target=` names → runtime
 TARGETS = {"eager": "eager_cl", "onnxruntime": "ort", "compile": "compile", "pt2": "pt2", "aoti": "aoti"}
+COMPILED_PER_FUNCTION = 64
 # Where a layer's forms are timed one by one for a target, if not in the target's runtime
 # itself: an AOTInductor build per form of every layer would take minutes; torch.compile
 # generates the same Inductor code in seconds. The assembled network is still checked in
@@ -47,6 +48,13 @@ def runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, work: 
         return lambda: m(xc)
     if runtime == "compile":
         compiled = torch.compile(plain)
+        # Compiled now, not at the first timed call: Dynamo keeps at most `recompile_limit`
+        # compilations per forward function, and networks of one model class (dense, twin,
+        # export, every tactic candidate) share theirs; past the limit it would silently run
+        # eager and the timing would not be torch.compile's.
+        with torch._dynamo.config.patch(recompile_limit=COMPILED_PER_FUNCTION,
+                                        accumulated_recompile_limit=16 * COMPILED_PER_FUNCTION):
+            compiled(x)
         return lambda: compiled(x)
     if runtime == "ort":
         return _onnxruntime(plain, x, threads, work)
