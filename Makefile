@@ -31,8 +31,9 @@ demo: $(STAMP) fashion-mnist
 	$(VENV)/bin/learnsparse-train experiment=quickstart data.dataset.download=$$DL hydra.run.dir=$$RUN && \
 	$(VENV)/bin/learnsparse-export checkpoint=$$RUN/checkpoints/last.pt formats=[pt,pt2,onnx] threads=2
 
+# One test process per core (pytest-xdist); each runs torch on one thread (tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 bench: $(STAMP)
 	$(PY) scripts/bench_trainer_overhead.py
