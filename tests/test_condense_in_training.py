@@ -256,14 +256,14 @@ def test_timing_the_forms_leaves_the_training_untouched():
     state = copy.deepcopy(model.state_dict())
     x = torch.randn(6, *shape)
     rng = torch.get_rng_state()
-    chosen = choose_forms(model, forms, x, "measure", rounds=3)
+    chosen = choose_forms(model, forms, lambda: x, "measure", rounds=3)
     for name in names:
         ms = chosen[name]["ms"]
         assert set(ms) == {MASKED, DEPLOYED} and all(v > 0 for v in ms.values())
         assert chosen[name]["form"] == min(ms, key=ms.get)
     assert torch.equal(torch.get_rng_state(), rng)  # the training's random stream is not consumed
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # nor BatchNorm statistics
-    assert choose_forms(model, forms, x, DEPLOYED) == {n: {"form": DEPLOYED} for n in names}
+    assert choose_forms(model, forms, lambda: x, DEPLOYED) == {n: {"form": DEPLOYED} for n in names}
     with pytest.raises(ValueError, match="trainable_form must be one of"):
         from learnsparse.sparsity.condensing import CondensingSchedule
 

@@ -26,7 +26,7 @@ from .artifacts import graph_form, quiet_onnx_export
 RUNTIMES = ("eager", "eager_cl", "compile", "ort", "pt2", "aoti")
 # learnsparse-export `target=` names → runtime
 TARGETS = {"eager": "eager_cl", "onnxruntime": "ort", "compile": "compile", "pt2": "pt2", "aoti": "aoti"}
-COMPILED_PER_FUNCTION = 64
+COMPILED_PER_FUNCTION = 64  # compilations Dynamo may keep per forward function (runner)
 # Where a layer's forms are timed one by one for a target, if not in the target's runtime
 # itself: an AOTInductor build per form of every layer would take minutes; torch.compile
 # generates the same Inductor code in seconds. The assembled network is still checked in

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from learnsparse.layer_types import layer_type
 from learnsparse.record import declare_edit, edits_of, register_edit, restore_structure, structure_of
 
-from .trainable_forms import DEPLOYED, choose_forms
+from .trainable_forms import DEPLOYED, choose_forms, own_random_stream
 
 log = logging.getLogger("learnsparse")
 OP = "condense_in_training"
@@ -92,7 +92,7 @@ def replace_in_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, rem
 
 def _probe(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, train: bool, seed: int) -> torch.Tensor:
     probe = copy.deepcopy(model).train(train)
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+    with own_random_stream(x.device):
         torch.manual_seed(seed)
         with torch.no_grad():
             out = probe(x)
@@ -141,13 +141,13 @@ def swap_in_training(trainer, names: list[str], method: str, rtol: float = 1e-5,
     forms = {name: _trainable_form(modules[name]) for name in names}
     forms = {name: form.to(device=trainer.device, memory_format=trainer.memory_format)
              for name, form in forms.items() if form is not None}
-    chosen = choose_forms(model, forms, training_batch(trainer), choose, getattr(trainer, "amp_dtype", None))
+    chosen = choose_forms(model, forms, lambda: training_batch(trainer), choose, getattr(trainer, "amp_dtype", None))
     names = [name for name in forms if chosen[name]["form"] == DEPLOYED]
     if choose != DEPLOYED:
         log.info("%s: %d of %d layers train faster deployed (forward + backward measured)", method,
                  len(names), len(forms))
         facts["forms"] = chosen  # recorded even if no layer swaps, so resume does not time again
-    if not forms or not (names or "forms" in facts):
+    if not forms or (not names and choose == DEPLOYED):
         return []
     x = probe_input(trainer)
     before = copy.deepcopy(model)

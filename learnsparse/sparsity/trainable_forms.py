@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -34,6 +35,11 @@ def check_choice(choose: str) -> str:
     if choose not in CHOICES:
         raise ValueError(f"trainable_form must be one of {list(CHOICES)}, got {choose!r}")
     return choose
+
+
+def own_random_stream(device: torch.device):
+    """Random draws inside leave the training's stream (CPU, and `device` if CUDA) untouched."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -62,17 +68,18 @@ def training_step_ms(forms: dict[str, nn.Module], x: torch.Tensor, amp_dtype: to
     return interleaved_ms(runners, rounds=rounds)
 
 
-def choose_forms(model: nn.Module, deployed: dict[str, nn.Module], example: torch.Tensor, choose: str,
-                 amp_dtype: torch.dtype | None = None, rounds: int = 9) -> dict[str, dict]:
+def choose_forms(model: nn.Module, deployed: dict[str, nn.Module], example: Callable[[], torch.Tensor],
+                 choose: str, amp_dtype: torch.dtype | None = None, rounds: int = 9) -> dict[str, dict]:
     """{layer name: {"form": "deployed" | "masked", "ms": {form: ms} when measured}} for the
-    layers of `model` named in `deployed` (their deployed forms); `example` is one training
-    batch's worth of input."""
+    layers of `model` named in `deployed` (their deployed forms); `example()` makes one
+    training batch's worth of input (only when timing)."""
     if check_choice(choose) == DEPLOYED:
         return {name: {"form": DEPLOYED} for name in deployed}
     if not is_main_process():
         return broadcast_object(None)  # rank 0 times alone, so that ranks do not slow each other
+    example = example()
     probe = copy.deepcopy(model).eval()  # capturing inputs must not touch running statistics
-    with torch.random.fork_rng(devices=[example.device] if example.device.type == "cuda" else []):
+    with own_random_stream(example.device):
         inputs = layer_inputs(probe, list(deployed), example)
         choices = {}
         for name, form in deployed.items():
