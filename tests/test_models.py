@@ -41,3 +41,15 @@ def test_resnet_depths_have_6n_plus_2_layers():
 def test_unknown_model_names_close_matches():
     with pytest.raises(UserError, match="resnet20"):
         create_model("resnet2O")
+
+
+def test_cifar_resnet_widths_set_every_stage():
+    from learnsparse.models.resnet_cifar import CifarResNet
+
+    thin, full = CifarResNet(20, widths=(8, 16, 32)), CifarResNet(20)
+    thin_out = [m.out_channels for m in thin.modules() if isinstance(m, torch.nn.Conv2d)]
+    full_out = [m.out_channels for m in full.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert thin_out == [c // 2 for c in full_out]
+    assert thin(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="widths"):
+        CifarResNet(20, widths=(8, 16))
