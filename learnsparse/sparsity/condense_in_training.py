@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from learnsparse.layer_types import layer_type
 from learnsparse.record import declare_edit, edits_of, register_edit, restore_structure, structure_of
 
+from .sliced_state import holding, sliced_optimizer_state
 from .trainable_forms import DEPLOYED, choose_forms, own_random_stream
 
 log = logging.getLogger("learnsparse")
@@ -50,26 +51,13 @@ def _trainable_form(layer: nn.Module) -> nn.Module:
     return entry.trainable_form(layer)
 
 
-@torch.no_grad()
 def _sliced_state(layer: nn.Module, new_layer: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Optimizer state for each parameter of `new_layer`, sliced from `layer`'s as its weights were."""
-    old = dict(layer.named_parameters())
-    states = {name: optimizer.state.get(p, {}) for name, p in old.items()}
-    keys = {k for s in states.values() for k, v in s.items() if torch.is_tensor(v) and v.dim() > 0}
-    new_state: dict[nn.Parameter, dict] = {p: {} for p in new_layer.parameters()}
-    for key in sorted(keys):
-        shadow = copy.deepcopy(layer)
-        for name, p in shadow.named_parameters():
-            value = states[name].get(key)
-            p.copy_(value if value is not None and value.shape == p.shape else torch.zeros_like(p))
-        sliced = _trainable_form(shadow)
-        for p, s in zip(new_layer.parameters(), sliced.parameters()):
-            new_state[p][key] = s.detach().clone()
-    # Per-parameter scalars (Adam's step count): the same for every parameter of a group.
-    scalars = {k: v for s in states.values() for k, v in s.items() if not (torch.is_tensor(v) and v.dim() > 0)}
-    for p in new_state:
-        new_state[p].update(copy.deepcopy(scalars))
-    return new_state
+    def convert(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return dict(_trainable_form(holding(layer, values)).named_parameters())
+
+    sliced, scalars = sliced_optimizer_state(optimizer, dict(layer.named_parameters()), convert)
+    return {p: {**sliced.get(name, {}), **copy.deepcopy(scalars)} for name, p in new_layer.named_parameters()}
 
 
 def replace_in_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, removed: list[nn.Parameter],

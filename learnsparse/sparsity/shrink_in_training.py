@@ -27,6 +27,7 @@ from learnsparse.models.residual_blocks import residual_blocks
 from learnsparse.record import declare_edit, register_edit
 
 from .condense_in_training import check_same_function, probe_input, replace_in_optimizer, rewrap
+from .sliced_state import holding, sliced_optimizer_state
 
 log = logging.getLogger("learnsparse")
 OP = "shrink_in_training"
@@ -47,10 +48,7 @@ def thin_structure(model: nn.Module, example: torch.Tensor) -> dict:
 @torch.no_grad()
 def _replayed(before: nn.Module, values: dict[str, torch.Tensor], edits: dict, example: torch.Tensor) -> dict:
     """The named parameters of the thinned network, holding `values` (by old name) sliced."""
-    shadow = copy.deepcopy(before)
-    for name, p in shadow.named_parameters():
-        v = values.get(name)
-        p.copy_(v.to(p.dtype) if v is not None and v.shape == p.shape else torch.zeros_like(p))
+    shadow = holding(before, values)
     replay(shadow, edits, example)
     return {n: p.detach().clone() for n, p in shadow.named_parameters()}
 
@@ -72,19 +70,14 @@ def shrink_in_training(trainer, masks: dict[str, torch.Tensor], rtol: float = 1e
     new = dict(model.named_parameters())
     optimizer = trainer.optimizer
     group_index = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
-    states = {name: optimizer.state.get(p, {}) for name, p in old.items()}
-    keys = sorted({k for s in states.values() for k, v in s.items() if torch.is_tensor(v) and v.dim() > 0})
+    sliced, scalars = sliced_optimizer_state(optimizer, old, lambda values: _replayed(before, values, edits, example))
     # A surviving parameter keeps its state, sliced; a bias the pass added (to absorb a folded
     # constant) starts without state, as a new parameter does.
     added: dict[nn.Parameter, dict] = {p: {} for p in new.values()}
-    for key in keys:
-        sliced = _replayed(before, {n: s[key] for n, s in states.items() if key in s}, edits, example)
-        for name, p in new.items():
-            if name in old and key in states[name]:
-                added[p][key] = sliced[name].to(device=p.device, memory_format=torch.preserve_format)
-    scalars = {k: v for s in states.values() for k, v in s.items() if not (torch.is_tensor(v) and v.dim() > 0)}
     for name, p in new.items():
-        if name in old and states[name]:
+        state = optimizer.state.get(old[name], {}) if name in old else {}
+        if state:
+            added[p] = {key: sliced[name][key].to(device=p.device) for key in state if key in sliced.get(name, {})}
             added[p].update(copy.deepcopy(scalars))
     group_of = {p: group_index[id(old[name])] if name in old else 0 for name, p in new.items()
                 if name not in old or id(old[name]) in group_index}
