@@ -50,7 +50,7 @@ def _replayed(before: nn.Module, values: dict[str, torch.Tensor], edits: dict, e
     """The named parameters of the thinned network, holding `values` (by old name) sliced."""
     shadow = holding(before, values)
     replay(shadow, edits, example)
-    return {n: p.detach().clone() for n, p in shadow.named_parameters()}
+    return {n: p.detach() for n, p in shadow.named_parameters()}  # the shadow is not kept: no copy
 
 
 def shrink_in_training(trainer, masks: dict[str, torch.Tensor], rtol: float = 1e-5) -> dict[str, torch.Tensor] | None:
@@ -77,7 +77,7 @@ def shrink_in_training(trainer, masks: dict[str, torch.Tensor], rtol: float = 1e
     for name, p in new.items():
         state = optimizer.state.get(old[name], {}) if name in old else {}
         if state:
-            added[p] = {key: sliced[name][key].to(device=p.device) for key in state if key in sliced.get(name, {})}
+            added[p] = {key: v.to(device=p.device) for key, v in sliced.get(name, {}).items() if key in state}
             added[p].update(copy.deepcopy(scalars))
     group_of = {p: group_index[id(old[name])] if name in old else 0 for name, p in new.items()
                 if name not in old or id(old[name]) in group_index}
