@@ -16,7 +16,8 @@ import study
 
 ROWS = {
     "masked to the end": ["experiment=quickstart", "sparsity.condensenet.condense_in_training=false"],
-    "condensed in training": ["experiment=quickstart", "sparsity.condensenet.condense_in_training=true"],
+    "condensed in training": ["experiment=quickstart", "sparsity.condensenet.condense_in_training=true",
+                              "sparsity.condensenet.trainable_form=deployed"],
 }
 
 

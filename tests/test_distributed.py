@@ -13,7 +13,7 @@ from .conftest import TINY
 def test_two_process_gloo_run_ends_with_identical_weights(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
            "-m", "learnsparse.cli", *TINY, "model=condensenet_mini", "data.in_channels=1", "sparsity=condensenet",
-           "sparsity.condensenet.condense_in_training=true",
+           "sparsity.condensenet.condense_in_training=true", "sparsity.condensenet.trainable_form=deployed",
            "trainer.channels_last=true", "trainer.epochs=2",
            f"hydra.run.dir={tmp_path}/run", "+callbacks.save._target_=tests.helpers.SaveWeightsAtEnd",
            f"+callbacks.save.directory={tmp_path}/weights"]

@@ -17,7 +17,7 @@ from learnsparse.engine.hook_base import HookBase
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
 
 from .condense_in_training import swap_facts, swap_in_training
-from .trainable_forms import DEPLOYED, check_choice
+from .trainable_forms import MEASURE, check_choice
 from .connectivity import connectivity_image
 
 log = logging.getLogger("learnsparse")
@@ -34,7 +34,7 @@ def stage_at(progress: float, condense_factor: int, condense_fraction: float) ->
 
 class CondensingSchedule(HookBase):
     def __init__(self, model: nn.Module, condense_fraction: float = 0.5, group_lasso: float = 0.0,
-                 log_images: bool = True, condense_in_training: bool = False, trainable_form: str = DEPLOYED):
+                 log_images: bool = True, condense_in_training: bool = True, trainable_form: str = MEASURE):
         if not 0 < condense_fraction <= 1:
             raise ValueError(f"condense_fraction must be in (0, 1], got {condense_fraction}")
         if group_lasso < 0:

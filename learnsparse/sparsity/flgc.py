@@ -23,7 +23,7 @@ from learnsparse.nn.learned_group_conv import LearnedGroupConv
 from learnsparse.learned_grouping import sparsify
 
 from .condense_in_training import swap_in_training, swapped_by
-from .trainable_forms import DEPLOYED, check_choice
+from .trainable_forms import DEPLOYED, MEASURE, check_choice
 from .condensing import SWAP_METHOD, CondensingSchedule
 from .connectivity import connectivity_image
 
@@ -107,8 +107,8 @@ class FLGCSchedule(HookBase):
 
 def LGCSchedule(model: nn.Module, groups: int = 4, condense_factor: int = 4, include: list[str] | None = None,
                 exclude: list[str] | None = None, condense_fraction: float = 0.5, group_lasso: float = 0.0,
-                log_images: bool = True, condense_in_training: bool = False,
-                trainable_form: str = DEPLOYED) -> CondensingSchedule:
+                log_images: bool = True, condense_in_training: bool = True,
+                trainable_form: str = MEASURE) -> CondensingSchedule:
     """`sparsity=lgc`: LearnedGroupConv in place of matching convs, condensed on CondenseNet's schedule.
     A model that has them already (rebuilt from a checkpoint's record) keeps them."""
     if not swapped_by(model, SWAP_METHOD) and not any(isinstance(m, LearnedGroupConv) for m in model.modules()):

@@ -7,7 +7,8 @@ faster in every runtime: on a CPU in eager PyTorch, CondenseNet-86's 1x1 learned
 train slower deployed than masked. So, as the export picks each layer's form by timing it in
 the target runtime, `choose="measure"` times one training step's work of each layer in both
 forms — forward and backward on the layer's real input: the training batch size, memory
-format and autocast dtype — and swaps only the layers whose deployed form is faster.
+format and autocast dtype — and swaps only the layers whose deployed form is clearly faster
+(by `SWAP_MARGIN`).
 `choose="deployed"` swaps every layer without timing (the same choice on every machine).
 
 Timing runs on copies, outside the training's random stream, and rank 0's choice is the one
@@ -27,8 +28,17 @@ from learnsparse.engine.distributed import broadcast_object, is_main_process
 from learnsparse.export.runtimes import interleaved_ms
 from learnsparse.export.tactics import layer_inputs
 
-DEPLOYED, MASKED = "deployed", "masked"
-CHOICES = ("measure", DEPLOYED)
+DEPLOYED, MASKED, MEASURE = "deployed", "masked", "measure"
+CHOICES = (MEASURE, DEPLOYED)
+# A layer swaps only when its deployed form is at least this much faster: nearer than that the
+# two forms cost the same, and the machine's timing noise alone would decide, so two fresh runs
+# (or a rerun on the same machine) would choose differently for nothing gained.
+SWAP_MARGIN = 1.05
+
+
+def faster_form(ms: dict[str, float]) -> str:
+    """The form a layer trains in, given its measured {form: ms}."""
+    return DEPLOYED if ms[DEPLOYED] * SWAP_MARGIN < ms[MASKED] else MASKED
 
 
 def check_choice(choose: str) -> str:
@@ -85,5 +95,5 @@ def choose_forms(model: nn.Module, deployed: dict[str, nn.Module], example: Call
         for name, form in deployed.items():
             ms = training_step_ms({MASKED: probe.get_submodule(name), DEPLOYED: form}, inputs[name],
                                   amp_dtype, rounds)
-            choices[name] = {"form": min(ms, key=ms.get), "ms": ms}
+            choices[name] = {"form": faster_form(ms), "ms": ms}
     return broadcast_object(choices)
