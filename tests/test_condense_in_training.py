@@ -180,6 +180,8 @@ def test_a_run_condensed_in_training_exports_exactly(kind, tmp_path):
         assert export.returncode == 0, export.stderr[-2000:]
         report = json.loads((tmp_path / f"export_{target}/report.json").read_text())
         assert report["exact"] and report["max_abs_diff"] <= 1e-5 * report["output_scale"]
+        if kind != "threshold":  # the baseline is the dense network, not the one training condensed
+            assert report["params_dense"] > report["params_before"] and report["macs_dense"] > report["macs_before"]
         if kind == "lgc" and target == "null":  # the deployed dense blocks, as from a masked run
             assert "CondensedDenseBlock" in export.stdout
 

@@ -43,6 +43,9 @@ def test_export_writes_every_format_and_they_round_trip(condensed_run):
     assert report["exact"] and report["max_abs_diff"] <= 1e-5 * report["output_scale"]
     assert report["macs_after"] < report["macs_before"] and report["params_after"] < report["params_before"]
     assert report["layers"] and report["onnx_max_abs_diff"] < 1e-4
+    # Totals are quoted against the dense network (masked to the end: the same size as trained).
+    assert report["params_dense"] == report["params_before"] and report["macs_dense"] == report["macs_before"]
+    assert "dense / exported" in proc.stdout
 
     # condensed.pt: plain tensors only, rebuilt by learnsparse.export.load, same outputs as the trained model.
     blob = torch.load(out / "condensed.pt", weights_only=True)
