@@ -16,7 +16,8 @@ from .runtimes import TARGETS, interleaved_ms, runner
 def build_report(trained: nn.Module, result: ExportResult, example: torch.Tensor, *, latency_rounds: int = 20,
                  latency_batch: int | None = None, target: str | None = "eager") -> dict:
     """Latency is measured in the target runtime for the dense equivalent (what the user had)
-    and the export, side by side; the masked model in eager PyTorch is a secondary figure."""
+    and the export, side by side; the trained model, as it left training, in eager PyTorch is a
+    secondary figure (`latency_ms_masked_eager`, named from when every trained layer was masked)."""
     single = example[:1]
     dense = dense_equivalent(trained)
     macs_before, macs_after = macs_by_module(trained, single), macs_by_module(result.model, single)
@@ -96,8 +97,7 @@ def format_report(report: dict) -> str:
     # trained model sits between: masked layers count in full, layers already condensed during
     # training count as they train (so it can hold fewer parameters than an export that chose
     # a dense form where that runs faster).
-    dense_params = report.get("params_dense", report["params_before"])
-    dense_macs = report.get("macs_dense", report["macs_before"])
+    dense_params, dense_macs = report["params_dense"], report["macs_dense"]
     totals = format_table(["", "dense", "trained", "exported", "dense / exported"], [
         ["params", f"{dense_params:,}", f"{report['params_before']:,}", f"{report['params_after']:,}",
          ratio(dense_params, report["params_after"])],
