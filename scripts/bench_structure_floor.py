@@ -21,9 +21,10 @@ weights, and the export folds them; the ones counted below cannot be folded:
   has 84.
 
 The floor network is the twin with exactly these reorders inserted, as random channel
-permutations (`index_select`, a Gather in ONNX: the cheapest reorder ONNX Runtime runs). All
-three networks run in ONNX Runtime, the twin's fastest runtime in every case of
-`bench_deploy.py`, interleaved in one process:
+permutations (the export's own channel gather, a Gather in ONNX: the cheapest reorder ONNX
+Runtime runs). It runs beside the dense network, the twin and the export, all four in ONNX
+Runtime (the twin's fastest runtime in every case of `bench_deploy.py`), interleaved in one
+process:
 
     python scripts/bench_structure_floor.py                 # every case, 2 threads, 21 rounds
     python scripts/bench_structure_floor.py --cases resnet18_flgc_balanced_32_b64 --rounds 31
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import sys
 import tempfile
@@ -44,6 +46,7 @@ import torch.nn as nn
 from learnsparse.export import condense_with_details, dense_equivalent
 from learnsparse.export.runtimes import interleaved_ms, runner
 from learnsparse.models.condensenet import DenseLayer
+from learnsparse.nn.channel_ops import select_channels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_deploy import CASES as DEPLOY_CASES  # noqa: E402  (the same models, twins and targets)
@@ -57,7 +60,7 @@ class Reorder(nn.Module):
         self.register_buffer("index", torch.randperm(channels, generator=torch.Generator().manual_seed(seed)))
 
     def forward(self, x):
-        return x.index_select(1, self.index)
+        return select_channels(x, self.index)
 
 
 def resnet18_floor(twin: nn.Module) -> tuple[nn.Module, int]:
@@ -108,8 +111,6 @@ def gathers(model: nn.Module, x: torch.Tensor, work: Path) -> int:
 
 
 def run(name: str, threads: int, rounds: int, work: Path) -> None:
-    import copy
-
     case = DEPLOY_CASES[name]()
     floor, inserted = FLOORS[name](copy.deepcopy(case.twin))
     example = torch.randn(2, *case.input_shape)
