@@ -2,14 +2,23 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
-from .errors import UserError, find_user_error
+from .errors import UserError, find_cause
 
 # Hydra flags that print something instead of running: nothing to check before them.
 _INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve", "--shell-completion",
                "-sc", "--version")
 _CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def _current_folder_importable() -> None:
+    """A `_target_` model or plugin in the folder the command runs from imports, as it would
+    for `python train.py` there (a console script puts its own folder on sys.path, not this
+    one). Appended, so a file here never shadows an installed package."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -69,7 +78,7 @@ def whole_run_in_output_dir(flags: list[str], overrides: list[str]) -> list[str]
 def compose_or_fail(overrides: list[str], config_name: str, config_dirs: list[str], check=None):
     """Compose (and check) a config; bad input ends the process with one line."""
     from .config_dir import compose
-    from .config_errors import config_keys, describe
+    from .config_errors import config_keys
 
     def valid_keys(bad_key: str) -> list[str]:
         # Compose again without the override that named the unknown key, to list the real ones.
@@ -81,36 +90,83 @@ def compose_or_fail(overrides: list[str], config_name: str, config_dirs: list[st
 
     try:
         cfg = compose(overrides, config_name, config_dirs)
-        if check is not None:
-            check(cfg)
-        return cfg
     except Exception as e:
-        user = find_user_error(e)
-        if user is not None:
-            _fail(str(user))
-        _fail(describe(e, valid_keys))
+        fail_with_cause(e, valid_keys)
+    if check is not None:
+        checked_or_fail(check, cfg)
+    return cfg
 
 
-def _preflight(flags: list[str], config_dirs: list[str], overrides: list[str], config_name: str, check) -> None:
-    """Compose and check the config before Hydra creates an output folder, so bad input
-    costs one clear line and leaves nothing behind. A sweep is checked on its first job."""
+def fail_with_cause(e: BaseException, valid_keys=None) -> None:
+    """End the process with the one line that says what went wrong behind `e`."""
+    from .config_errors import describe
+
+    cause = find_cause(e)
+    _fail(str(cause) if isinstance(cause, UserError) else describe(e, valid_keys))
+
+
+def checked_or_fail(check, cfg):
+    """`check(cfg)`'s result; bad input ends the process with one line."""
+    try:
+        return check(cfg)
+    except Exception as e:
+        fail_with_cause(e)
+
+
+def _hydra_value(text: str) -> str:
+    """`text` as the value of a Hydra override (quoted unless it is plain)."""
+    if re.fullmatch(r"[\w./+:@-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def pin_run_folder(cfg, overrides: list[str]) -> list[str]:
+    """Hydra names a run's folder from the clock when its run starts; the config composed
+    before it named one from the clock then. Fix the folder once, absolute as Hydra makes it,
+    so the run built before Hydra starts is the run Hydra's task receives."""
+    from omegaconf import open_dict
+
+    if any(o.startswith("paths.output_dir=") for o in overrides):
+        return overrides  # the user's folder, the same in both
+    folder = os.path.abspath(str(cfg.paths.output_dir))
+    with open_dict(cfg):
+        cfg.paths.output_dir = folder
+    if any(o.startswith("hydra.run.dir=") for o in overrides):
+        return overrides
+    return [*overrides, f"hydra.run.dir={_hydra_value(folder)}"]
+
+
+def build_before_hydra(flags: list[str], config_dirs: list[str], overrides: list[str]):
+    """Compose and build the run before Hydra creates an output folder, so bad input costs
+    one clear line and leaves nothing behind. Returns the overrides to hand to Hydra and the
+    Run its task trains. A sweep is checked by building its first job (then dropped: each job
+    builds its own run from its own config)."""
+    from .engine.run import build
+
+    overrides = whole_run_in_output_dir(flags, overrides)
     if any(f.split("=", 1)[0] in _INFO_FLAGS for f in flags):
-        return
+        return overrides, None
     if any(f in ("-m", "--multirun") for f in flags):
         try:
-            overrides = first_of_each_sweep(overrides)
+            first = first_of_each_sweep(overrides)
         except Exception as e:
-            from .config_errors import describe
+            fail_with_cause(e)
+        checked_or_fail(build, compose_or_fail(first, "train", config_dirs)).close()
+        return overrides, None
+    cfg = compose_or_fail(overrides, "train", config_dirs)
+    overrides = pin_run_folder(cfg, overrides)
+    return overrides, checked_or_fail(build, cfg)
 
-            _fail(describe(e))
-    compose_or_fail(whole_run_in_output_dir(flags, overrides), config_name, config_dirs, check)
 
-
-def _train_task(cfg) -> None:
-    from .engine import NonFiniteLossError, train
+def _train_task(cfg, built=None) -> None:
+    """Hydra's task: train the run built before Hydra started, or build this config's run
+    (each job of a sweep)."""
+    from .engine import NonFiniteLossError
+    from .engine.run import build
 
     try:
-        metrics = train(cfg)
+        run = built if built is not None and built.is_for(cfg) else build(cfg)
+        metrics = run.train()
     except UserError as e:
         _fail(str(e))
     except NonFiniteLossError as e:
@@ -125,17 +181,41 @@ def _train_task(cfg) -> None:
     print(f"outputs: {metrics['output_dir']}")
 
 
+# The shipped hydra/launcher configs and the plugin each needs (pip install learnsparse[cluster]).
+_LAUNCHER_PLUGINS = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+                     "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+                     "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher")}
+
+
+def launcher_plugin_or_fail(overrides: list[str]) -> None:
+    """`hydra/launcher=joblib` without its plugin: one line naming the package, not Hydra's
+    'Unknown plugin class' traceback after the sweep was built."""
+    import importlib.util
+
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") == "hydra/launcher" and value in _LAUNCHER_PLUGINS:
+            module, package = _LAUNCHER_PLUGINS[value]
+            if importlib.util.find_spec(module) is None:
+                _fail(f"hydra/launcher={value} needs the {package} package: pip install 'learnsparse[cluster]'")
+
+
 def train_main() -> None:
     """learnsparse-train [--config-dir DIR] [-m] key=value ...  (Hydra; see --help)"""
     import hydra
 
     from .config_dir import CONFIG_MODULE  # importing it registers the config resolvers
-    from .engine.preflight import preflight
 
+    _current_folder_importable()
     flags, config_dirs, overrides = split_arguments(sys.argv[1:])
-    _preflight(flags, config_dirs, overrides, "train", preflight)
-    sys.argv = [sys.argv[0], *flags, *whole_run_in_output_dir(flags, overrides)]
-    hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(_train_task)()
+    launcher_plugin_or_fail(overrides)
+    overrides, built = build_before_hydra(flags, config_dirs, overrides)
+    sys.argv = [sys.argv[0], *flags, *overrides]
+
+    def task(cfg) -> None:  # the built run goes to Hydra's task by closure, not through a global
+        _train_task(cfg, built)
+
+    hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(task)()
 
 
 def export_help() -> str:
@@ -150,6 +230,7 @@ def export_help() -> str:
 
 def export_main() -> None:
     """learnsparse-export checkpoint=<path> [formats=[pt,pt2,onnx]] [key=value ...]"""
+    _current_folder_importable()
     args = sys.argv[1:]
     if any(a in ("-h", "--help") for a in args):
         print(export_help())

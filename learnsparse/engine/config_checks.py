@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from learnsparse.errors import UserError, find_user_error
+from learnsparse.errors import UserError, find_cause
 
 
 def _resolves(cfg: DictConfig) -> None:
@@ -14,9 +14,9 @@ def _resolves(cfg: DictConfig) -> None:
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:
-        user = find_user_error(e)
-        if user is not None:
-            raise user from None
+        cause = find_cause(e)
+        if isinstance(cause, UserError):
+            raise cause from None
         if "HydraConfig was not set" not in str(e):
             raise UserError(f"config: {str(e).splitlines()[0]}") from e
 

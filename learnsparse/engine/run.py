@@ -1,9 +1,15 @@
-"""`train(cfg)`: build everything a config names, run the Trainer, return final metrics."""
+"""`build(cfg) -> Run`: everything a config names, built once; `Run.train()` runs it.
+
+The command line builds the run before Hydra makes the run folder (a failed start costs one
+line and leaves nothing behind) and hands that same Run to the Hydra task; `train(cfg)` is
+`build(cfg).train()` for tests and notebooks. Building writes no file.
+"""
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -11,19 +17,23 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from learnsparse.errors import UserError, first_line
+from learnsparse.errors import UserError, find_cause, first_line
 from learnsparse.record import model_name, rebuild
 
 from .checkpoint_io import load_checkpoint, set_rng_state
 from .config_checks import check_config
 from .devices import select_device
 from .distributed import DistEnv, init_distributed, shutdown_distributed
+from .held_log import held, tell
 from .hooks import CheckpointHook, EvalHook, MetricsLogHook, ProgressBarHook, TrainStatsHook
+from .init_weights import init_weights, load_init
 from .loaders import build_loaders
 from .model_stats import model_stats
 from ..sparsity.connectivity import connectivity_image, fixed_sparse_layers
 from .resume import find_resume_checkpoint
 from .seeding import seed_everything
+from .step_checkpoints import step_options
+from .teacher import build_distill
 from .trainer import Trainer
 
 log = logging.getLogger("learnsparse")
@@ -42,34 +52,34 @@ def build_node(node, what: str, **kwargs):
         raise UserError(f"cannot build {what}: {first_line(cause, limit=None)}") from e
 
 
-def find_cause(e: BaseException) -> BaseException:
-    """The innermost cause of a wrapped exception (Hydra wraps what a _target_ raised)."""
-    while e.__cause__ is not None and not isinstance(e, UserError):
-        e = e.__cause__
-    return e
-
-
 def build_plugins(cfg: DictConfig, model: torch.nn.Module) -> list:
     """Each entry of `sparsity` is a partial that takes the model; it may change the model's
     layers, so plugins are built before the optimizer sees the parameters."""
     plugins = []
+    # The top-level budget goes to every plugin that takes one (threshold, lgc, flgc).
+    budget = OmegaConf.to_container(cfg.budget, resolve=True) if cfg.get("budget") is not None else None
+    budget = budget if budget and any(budget.get(k) is not None for k in ("macs", "params", "latency")) else None
+    met = False
     for name, node in (cfg.get("sparsity") or {}).items():
         plugin = build_node(node, f"sparsity.{name}")
         if callable(plugin) and not hasattr(plugin, "before_train"):
+            extra = {"budget": budget} if budget and "budget" in inspect.signature(plugin).parameters else {}
+            met |= bool(extra)
             try:
-                plugin = plugin(model=model)
+                plugin = plugin(model=model, **extra)
             except (ValueError, TypeError) as e:  # a plugin refusing its settings or this model
                 raise UserError(f"sparsity.{name}: {first_line(e, limit=None)}") from e
         plugin.name = name
         plugins.append(plugin)
+    if budget and not met:
+        raise UserError("budget: no sparsity plugin of this run meets a budget; add threshold (after SSL, group lasso "
+                        "or slimming), lgc or flgc to sparsity")
     return plugins
 
 
 def build_data(cfg: DictConfig):
-    """The DataBundle, checked against the model config. Pre-flight builds it before Hydra
-    makes the run folder; the run then reuses it (an ImageNet folder is scanned once)."""
-    key = repr(OmegaConf.to_container(cfg.data.dataset, resolve=True))
-    bundle = _PREBUILT_DATA.pop(key, None) or build_node(cfg.data.dataset, "data.dataset")
+    """The DataBundle, checked against the model config."""
+    bundle = build_node(cfg.data.dataset, "data.dataset")
     # A model of the user's may not take these arguments; the ones it takes must fit the data.
     if cfg.model.get("num_classes") is not None and int(cfg.model.num_classes) != bundle.num_classes:
         raise UserError(f"model.num_classes={cfg.model.num_classes} does not fit {bundle.name}, which has "
@@ -78,14 +88,6 @@ def build_data(cfg: DictConfig):
         raise UserError(f"model.in_channels={cfg.model.in_channels} does not fit {bundle.name}, whose images have "
                         f"{bundle.in_channels} channels")
     return bundle
-
-
-_PREBUILT_DATA: dict[str, object] = {}
-
-
-def keep_for_the_run(cfg: DictConfig, bundle) -> None:
-    _PREBUILT_DATA.clear()
-    _PREBUILT_DATA[repr(OmegaConf.to_container(cfg.data.dataset, resolve=True))] = bundle
 
 
 def build_model(cfg: DictConfig, start_from: dict | None, what: str) -> torch.nn.Module:
@@ -100,21 +102,19 @@ def build_model(cfg: DictConfig, start_from: dict | None, what: str) -> torch.nn
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"{what}: cannot rebuild its model on model={model_name(model_cfg)} "
-                        f"({first_line(find_cause(e), limit=None)})") from e
+        cause = first_line(find_cause(e), limit=None)
+        if start_from is None:  # nothing to rebuild: the model config itself does not build
+            raise UserError(f"cannot build model={model_name(model_cfg)} ({cause})") from e
+        raise UserError(f"{what}: cannot rebuild its model on model={model_name(model_cfg)} ({cause})") from e
     return model
 
 
-def init_weights(model: torch.nn.Module, ckpt: dict, path: Path) -> None:
-    """Start from another run's weights (e.g. SSL from a dense model): weights only, a new run."""
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise UserError(f"trainer.init_from={path} does not fit this model ({first_line(e)})") from e
-    log.info("initialized the model from %s", path)
+def build_group_hooks(cfg: DictConfig, group: str) -> list:
+    """The hooks of a config group (`logger`, `callbacks`), each named by its key."""
+    return [named_hook(build_node(node, f"{group}.{name}"), name) for name, node in (cfg.get(group) or {}).items()]
 
 
-def build_hooks(cfg: DictConfig, plugins: list, val_loader, output_dir: Path,
+def build_hooks(cfg: DictConfig, plugins: list, loggers: list, callbacks: list, val_loader, output_dir: Path,
                 dist_env: DistEnv) -> list:
     """The run's hooks, in order: progress bar; sparsity plugins (config order); training
     statistics; evaluation; checkpoints (after evaluation: best.pt needs this epoch's top-1,
@@ -123,14 +123,16 @@ def build_hooks(cfg: DictConfig, plugins: list, val_loader, output_dir: Path,
     `callbacks` group, general-purpose hooks of the user's (they see the step complete)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     hooks = [ProgressBarHook(enabled=None if dist_env.is_main else False), *plugins, TrainStatsHook(),
-             EvalHook(val_loader), CheckpointHook(str(output_dir / "checkpoints"), resolved, dist_env.is_main)]
+             EvalHook(val_loader), CheckpointHook(str(output_dir / "checkpoints"), resolved, dist_env.is_main,
+                                                  **step_options(cfg.trainer.get("checkpoint")))]
     if dist_env.is_main:
-        hooks.append(MetricsLogHook(str(output_dir / "metrics.jsonl")))
-        hooks += [named_hook(build_node(node, f"logger.{name}"), name)
-                  for name, node in (cfg.get("logger") or {}).items()]
-    hooks += [named_hook(build_node(node, f"callbacks.{name}"), name)
-              for name, node in (cfg.get("callbacks") or {}).items()]
-    return hooks
+        hooks += [MetricsLogHook(str(output_dir / "metrics.jsonl")), *loggers]
+    return hooks + callbacks
+
+
+def _plain(node):
+    """A config node as plain Python (`trainer.compile` may be a mapping)."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def named_hook(hook, name: str):
@@ -164,20 +166,6 @@ def restore(trainer: Trainer, ckpt: dict, path: Path) -> None:
     log.info("resumed from %s at epoch %d (step %d)", path, trainer.start_epoch, trainer.iter)
 
 
-def train(cfg: DictConfig) -> dict:
-    check_config(cfg)
-    dist_env = init_distributed(str(cfg.trainer.get("device", "auto")))
-    # Only rank 0 narrates (every rank takes the same decisions); warnings still show.
-    level = log.level
-    if not dist_env.is_main:
-        log.setLevel(max(level, logging.WARNING))
-    try:
-        return _train(cfg, dist_env)
-    finally:
-        log.setLevel(level)
-        shutdown_distributed()
-
-
 @dataclass
 class Start:
     """Where a run starts: a checkpoint to resume, one to take the weights from, or neither."""
@@ -192,7 +180,7 @@ def find_start(cfg: DictConfig) -> Start:
     if resume is not None or not cfg.trainer.get("init_from"):
         return Start(resume_path, resume)
     init_path = Path(str(cfg.trainer.init_from))
-    return Start(init=load_checkpoint(init_path), init_path=init_path)
+    return Start(init=load_init(init_path), init_path=init_path)
 
 
 def build_model_and_plugins(cfg: DictConfig, start: Start) -> tuple[torch.nn.Module, list]:
@@ -202,7 +190,8 @@ def build_model_and_plugins(cfg: DictConfig, start: Start) -> tuple[torch.nn.Mod
     model = build_model(cfg, start.resume or start.init, what)
     if start.init is not None:
         init_weights(model, start.init, start.init_path)
-    return model, build_plugins(cfg, model)
+    distill = build_distill(cfg, model, start)  # the teacher is taken before plugins change the model
+    return model, [*build_plugins(cfg, model), *distill]
 
 
 def build_trainer(cfg: DictConfig, model: torch.nn.Module, bundle, device: torch.device, dist_env: DistEnv):
@@ -211,7 +200,8 @@ def build_trainer(cfg: DictConfig, model: torch.nn.Module, bundle, device: torch
     train_loader, val_loader, generator = build_loaders(
         bundle, batch_size=int(cfg.data.batch_size), eval_batch_size=cfg.data.get("eval_batch_size"),
         num_workers=int(cfg.data.num_workers), pin_memory=bool(cfg.data.pin_memory), device=device,
-        dist_env=dist_env, seed=seed)
+        dist_env=dist_env, seed=seed, persistent_workers=cfg.data.get("persistent_workers"),
+        prefetch_factor=cfg.data.get("prefetch_factor"))
     if len(train_loader) == 0:
         raise UserError(f"{bundle.name}: the training split is empty")
     optimizer, scheduler = build_optimization(cfg, model, len(train_loader))
@@ -221,7 +211,9 @@ def build_trainer(cfg: DictConfig, model: torch.nn.Module, bundle, device: torch
     trainer = Trainer(wrapped, optimizer, train_loader, epochs=int(cfg.trainer.epochs), device=device,
                       lr_scheduler=scheduler, seed=seed, amp=cfg.trainer.get("amp"),
                       grad_clip=cfg.trainer.get("grad_clip"), channels_last=bool(cfg.trainer.get("channels_last")),
-                      rank=dist_env.rank, loader_generator=generator, unwrapped_model=model)
+                      rank=dist_env.rank, loader_generator=generator, unwrapped_model=model,
+                      compile=_plain(cfg.trainer.get("compile")),
+                      requeue_on_preempt=bool(cfg.trainer.get("requeue_on_preempt")))
     example = bundle.val[0][0].unsqueeze(0).to(device, memory_format=trainer.memory_format)
     trainer.model_stats = model_stats(model, example)
     trainer.input_shape = list(example.shape[1:])
@@ -232,7 +224,79 @@ def build_trainer(cfg: DictConfig, model: torch.nn.Module, bundle, device: torch
     return trainer, val_loader
 
 
-def _train(cfg: DictConfig, dist_env: DistEnv) -> dict:
+@dataclass
+class Run:
+    """One training run, built from its config: what `build` made, ready to train."""
+    cfg: DictConfig
+    dist_env: DistEnv
+    device: torch.device
+    data: object  # the DataBundle
+    start: Start
+    model: torch.nn.Module
+    plugins: list
+    loggers: list  # the `logger` group (rank 0 only)
+    callbacks: list  # the `callbacks` group
+    trainer: Trainer
+    output_dir: Path
+    # What the build logged: the CLI builds before Hydra sets up the run's log (held_log.py).
+    held_log: list = field(default_factory=list, repr=False)
+
+    def is_for(self, cfg: DictConfig) -> bool:
+        """True when `cfg` is the config this run was built from (the Hydra task's config is
+        composed again, from the same overrides, in Hydra's own run)."""
+        return OmegaConf.to_container(cfg, resolve=True) == OmegaConf.to_container(self.cfg, resolve=True)
+
+    def train(self) -> dict:
+        """Train to the last epoch; the final metrics, the run's folder and its model's size."""
+        # Only rank 0 narrates (every rank takes the same decisions); warnings still show.
+        level = log.level
+        if not self.dist_env.is_main:
+            log.setLevel(max(level, logging.WARNING))
+        try:
+            return self._train()
+        finally:
+            log.setLevel(level)
+            self.close()
+
+    def close(self) -> None:
+        """Leave the process group the build joined (under torchrun); a run not trained ends here."""
+        shutdown_distributed()
+
+    def _train(self) -> dict:
+        tell(log, self.held_log)
+        trainer, stats = self.trainer, self.trainer.model_stats
+        log.info("model %s: %s params, %.4g MFLOPs per image (%s MACs); %d epochs of %d steps on %s",
+                 model_name(OmegaConf.to_container(self.cfg.model, resolve=True)), f"{stats['params']:,}",
+                 stats["flops"] / 1e6, f"{stats['macs']:,}", trainer.epochs, trainer.steps_per_epoch, self.device)
+        with warnings.catch_warnings():
+            # Channels-last 1x1 weights: DDP compares strides even over size-1 dimensions, where
+            # both layouts are the same memory, and warns on every step (pytorch/pytorch#157862).
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            trainer.train()
+        final = dict(trainer.history[-1]) if trainer.history else {}
+        final.update(output_dir=str(self.output_dir), params=stats["params"], flops=stats["flops"])
+        return final
+
+
+def build(cfg: DictConfig) -> Run:
+    """Check the config and build its run: device (joining the process group under torchrun),
+    data, the model where it starts from, plugins, loggers, callbacks, the Trainer with its
+    hooks, and a resumed run's state. Everything that can fail before training fails here,
+    as a UserError; no file is written."""
+    check_config(cfg)
+    dist_env = init_distributed(str(cfg.trainer.get("device", "auto")))
+    try:
+        with held(log) as held_log:
+            run = _build(cfg, dist_env)
+    except BaseException:
+        tell(log, held_log)
+        shutdown_distributed()
+        raise
+    run.held_log = held_log
+    return run
+
+
+def _build(cfg: DictConfig, dist_env: DistEnv) -> Run:
     output_dir = Path(cfg.paths.output_dir)
     device = select_device(str(cfg.trainer.get("device", "auto")), dist_env.local_rank)
     seed_everything(int(cfg.seed))
@@ -241,21 +305,17 @@ def _train(cfg: DictConfig, dist_env: DistEnv) -> dict:
     model, plugins = build_model_and_plugins(cfg, start)
     model.to(device, memory_format=torch.channels_last if cfg.trainer.get("channels_last") else torch.contiguous_format)
     trainer, val_loader = build_trainer(cfg, model, bundle, device, dist_env)
+    loggers = build_group_hooks(cfg, "logger") if dist_env.is_main else []
+    callbacks = build_group_hooks(cfg, "callbacks")
     try:
-        trainer.register_hooks(build_hooks(cfg, plugins, val_loader, output_dir, dist_env))
+        trainer.register_hooks(build_hooks(cfg, plugins, loggers, callbacks, val_loader, output_dir, dist_env))
     except ValueError as e:  # two hooks claiming one state key or loss term
         raise UserError(first_line(e, limit=None)) from e
     if start.resume is not None:
         restore(trainer, start.resume, start.resume_path)
-    stats = trainer.model_stats
-    log.info("model %s: %s params, %.4g MFLOPs per image (%s MACs); %d epochs of %d steps on %s",
-             model_name(OmegaConf.to_container(cfg.model, resolve=True)), f"{stats['params']:,}", stats["flops"] / 1e6,
-             f"{stats['macs']:,}", trainer.epochs, trainer.steps_per_epoch, device)
-    with warnings.catch_warnings():
-        # Channels-last 1x1 weights: DDP compares strides even over size-1 dimensions, where
-        # both layouts are the same memory, and warns on every step (pytorch/pytorch#157862).
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        trainer.train()
-    final = dict(trainer.history[-1]) if trainer.history else {}
-    final.update(output_dir=str(output_dir), params=stats["params"], flops=stats["flops"])
-    return final
+    return Run(cfg, dist_env, device, bundle, start, model, plugins, loggers, callbacks, trainer, output_dir)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Build the run a config names and train it; returns the last epoch's metrics."""
+    return build(cfg).train()
