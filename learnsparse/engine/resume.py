@@ -43,7 +43,7 @@ def _config_of(path: Path) -> dict | None:
 def find_resume_checkpoint(resume: str | None, output_dir: Path, experiment_dir: Path | None,
                            config: dict | None = None) -> Path | None:
     """`auto`: this run's last.pt if it has one, else the newest last.pt among earlier runs of
-    the same experiment (its sibling output folders) whose configuration is this one's (up to
+    the same experiment (its sibling output folders and sweep jobs) whose configuration is this one's (up to
     paths, device and loader settings); None when there is nothing to resume."""
     if not resume:
         return None
@@ -57,7 +57,10 @@ def find_resume_checkpoint(resume: str | None, output_dir: Path, experiment_dir:
         return own
     if experiment_dir is None or not experiment_dir.is_dir():
         return None
-    found = sorted(experiment_dir.glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    # Single runs are <experiment>/<time>/, sweep jobs <experiment>/multirun_<time>/<job>/: a job
+    # of a resubmitted sweep finds the same job (same overrides, so same identity) of the last one.
+    found = sorted([*experiment_dir.glob("*/checkpoints/last.pt"), *experiment_dir.glob("*/*/checkpoints/last.pt")],
+                   key=lambda p: p.stat().st_mtime, reverse=True)
     if config is None:
         return found[0] if found else None
     wanted = training_identity(config)
