@@ -86,11 +86,23 @@ def write_fashion_mnist(root: Path, n_train: int = 30, n_test: int = 10) -> Path
     return root
 
 
+class CountBuilds(HookBase):
+    """Adds a line to `path` each time it is built: a run whose config is built twice shows two."""
+
+    def __init__(self, path: str):
+        with open(path, "a") as f:
+            f.write("built\n")
+
+
 class NaNAtStep(HookBase):
     """Adds a NaN loss term at one global step, as a diverging run would."""
 
     def __init__(self, step: int):
         self.step = step
+
+    @property
+    def loss_names(self):
+        return ("loss_reg_nan",)
 
     def extra_losses(self):
         if self.trainer.iter == self.step:

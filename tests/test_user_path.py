@@ -92,6 +92,24 @@ def test_output_dir_holds_the_whole_run_and_its_log(tmp_path):
     assert not (tmp_path / "logs").exists()  # nothing went to the default place
 
 
+def test_the_command_builds_its_run_once_and_logs_the_build(tmp_path):
+    """The run the command builds to check it, before Hydra makes the folder, is the run
+    Hydra's task trains: a callback of the config is made once (not again for training), and
+    what the build logged ("resumed from ...") reaches the run's train.log."""
+    builds = tmp_path / "builds.txt"
+    common = ["model=lenet5", "data.dataset.image_size=28", f"paths.log_dir={tmp_path}",
+              "+callbacks.count._target_=tests.helpers.CountBuilds", f"+callbacks.count.path={builds}"]
+    first = run_cli(*common, "trainer.epochs=1")
+    assert first.returncode == 0, first.stderr
+    assert builds.read_text().splitlines() == ["built"]
+    [last] = (tmp_path / "train").glob("*/checkpoints/last.pt")
+    resumed = run_cli(*common, "trainer.epochs=2", "trainer.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert builds.read_text().splitlines() == ["built", "built"]
+    folder = Path(resumed.stdout.split("outputs: ")[1].split()[0])
+    assert f"resumed from {last} at epoch 1" in (folder / "train.log").read_text()
+
+
 def test_resume_auto_ignores_runs_of_another_configuration(tmp_path):
     common = ["trainer.epochs=1", f"paths.log_dir={tmp_path}", "data.dataset.image_size=28"]
     first = run_cli("model=lenet5", *common, f"hydra.run.dir={tmp_path}/train/first")
