@@ -93,3 +93,58 @@ def test_synthetic_is_deterministic_and_learnable():
     xv, yv = a.val.tensors
     pred = torch.cdist(xv.flatten(1), means.flatten(1)).argmin(1)
     assert (pred == yv).float().mean() > 0.5
+
+
+# ---- loaders: defaults, and data that does not depend on the workers ----------------------
+
+def _cifar_loader(root, workers: int, persistent: bool | None = None, seed: int = 5):
+    from learnsparse.engine.distributed import DistEnv
+    from learnsparse.engine.loaders import build_loaders
+
+    train, _, generator = build_loaders(cifar10(str(root)), batch_size=8, eval_batch_size=8, num_workers=workers,
+                                        pin_memory=True, device=torch.device("cpu"), dist_env=DistEnv(), seed=seed,
+                                        persistent_workers=persistent)
+    return train, generator
+
+
+def _epochs(loader, generator, epochs):
+    """Each epoch's images, iterated as the trainer does: reseed, set_epoch, go through it."""
+    out = {}
+    for e in epochs:
+        generator.manual_seed(1000 + e)
+        loader.sampler.set_epoch(e)
+        out[e] = torch.cat([x for x, _ in loader])
+    return out
+
+
+def test_augmented_batches_do_not_depend_on_the_workers(tmp_path):
+    """CIFAR's random crops and flips: a persistent pool that lived through epochs 0-1, a fresh
+    pool started at epoch 2 (a resumed run), and one or no worker give the same epoch 2."""
+    write_cifar10(tmp_path, n_train=40, n_test=10)
+    lived = _epochs(*_cifar_loader(tmp_path, 2), range(3))
+    resumed = _epochs(*_cifar_loader(tmp_path, 2), [2])
+    one = _epochs(*_cifar_loader(tmp_path, 1, persistent=False), range(3))
+    assert torch.equal(lived[2], resumed[2])
+    assert all(torch.equal(lived[e], one[e]) for e in range(3))
+    assert not torch.equal(lived[1], lived[2])  # a new epoch: a new order and new crops
+    other_seed = _epochs(*_cifar_loader(tmp_path, 1, seed=6), [2])
+    assert not torch.equal(lived[2], other_seed[2])
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "fashion_mnist", "imagenet", "synthetic"])
+def test_loader_defaults(name):
+    """Every data config: persistent workers whenever there are workers, pinned memory on CUDA
+    only, torch's prefetch depth."""
+    from learnsparse.config_dir import compose
+    from learnsparse.engine.loaders import loader_options
+
+    data = compose([f"data={name}"]).data
+    assert data.pin_memory is True and data.persistent_workers is None and data.prefetch_factor is None
+    for workers in (0, 2):
+        args = (workers, data.pin_memory, torch.device("cpu"), data.persistent_workers, data.prefetch_factor)
+        on_cpu, on_cuda = loader_options(*args), loader_options(*args[:2], torch.device("cuda"), *args[3:])
+        assert on_cpu["pin_memory"] is False and on_cuda["pin_memory"] is True
+        assert on_cpu.get("persistent_workers", False) is (workers > 0)
+        assert "prefetch_factor" not in on_cpu
+    assert loader_options(2, True, torch.device("cpu"), False, 4) == dict(
+        num_workers=2, pin_memory=False, persistent_workers=False, prefetch_factor=4)
