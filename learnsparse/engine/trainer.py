@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from learnsparse.errors import UserError
+
 from .events import EventStorage
 from .hook_base import HookBase, overrides
 from .seeding import epoch_seed, seed_everything
@@ -168,6 +170,9 @@ class Trainer:
             losses = {"loss_ce": F.cross_entropy(logits, targets)}
             for h in self._step_hooks["extra_losses"]:
                 for term, value in h.extra_losses().items():
+                    if term not in h.loss_names:  # what check_distinct read at the start must be what comes
+                        raise UserError(f"{h.state_key} returned the loss term {term!r}, which its `loss_names` "
+                                        f"{tuple(h.loss_names)} does not declare")
                     if term in losses:  # a term nobody declared, clashing: never overwrite silently
                         raise ValueError(f"loss term {term!r} from {h.state_key} is already in this step's "
                                          f"losses; declare distinct `loss_names`")
