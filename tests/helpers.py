@@ -35,6 +35,22 @@ class SaveWeightsAtEnd(HookBase):
         torch.save(self.trainer.unwrapped_model.state_dict(), self.directory / f"rank{rank}.pt")
 
 
+def resnet_cifar_params(depth: int, num_classes: int, widths=(16, 32, 64)) -> int:
+    """Parameters of He et al.'s CIFAR ResNet (3x3 convs without bias, BatchNorm, a 1x1 conv +
+    BN projection where the width changes, i.e. shortcut option B), counted by hand: ResNet-20
+    with 10 classes has 272,474 (269,722 of them without the two projections)."""
+    blocks = (depth - 2) // 6  # per stage, two 3x3 convs each
+    total = 3 * widths[0] * 9 + 2 * widths[0]  # stem conv + BN
+    width_in = widths[0]
+    for w in widths:
+        for b in range(blocks):
+            total += (width_in if b == 0 else w) * w * 9 + w * w * 9 + 4 * w  # two convs, two BNs
+            if b == 0 and width_in != w:
+                total += width_in * w + 2 * w  # projection shortcut: 1x1 conv + BN
+        width_in = w
+    return total + widths[-1] * num_classes + num_classes  # the classifier
+
+
 def write_cifar10(root: Path, n_train: int = 20, n_test: int = 10, num_classes: int = 10) -> Path:
     """The real CIFAR-10 python layout: pickled dicts of uint8 rows (3072 = 3 x 32 x 32)."""
     folder = root / "cifar-10-batches-py"

@@ -4,10 +4,12 @@ import math
 import pytest
 import torch
 
-from learnsparse import train
+from learnsparse import UserError, train
 from learnsparse.engine import HookBase, NonFiniteLossError, Trainer
 from learnsparse.engine.checkpoint_io import load_checkpoint
 from learnsparse.engine.lr_schedules import cosine, multistep
+
+from .helpers import resnet_cifar_params
 
 
 def test_synthetic_run_writes_checkpoints_metrics_and_tensorboard(tiny_cfg, tmp_path):
@@ -22,7 +24,7 @@ def test_synthetic_run_writes_checkpoints_metrics_and_tensorboard(tiny_cfg, tmp_
         assert key in lines[-1]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert metrics["val_top1"] == lines[-1]["val_top1"]
-    assert metrics["params"] == 272_474  # ResNet-20 with 10 classes, as in He et al.
+    assert metrics["params"] == resnet_cifar_params(depth=20, num_classes=10)
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     for key in ("model", "optimizer", "lr_scheduler", "scaler", "hooks", "rng", "epoch", "iter", "config"):
         assert key in ckpt
@@ -36,16 +38,21 @@ def test_training_learns_the_synthetic_task(tiny_cfg):
 
 
 def test_same_seed_same_weights(tiny_cfg, tmp_path):
-    a = train(tiny_cfg("model=lenet5", "data.dataset.image_size=28", "trainer.epochs=1"))
-    wa = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
-    train(tiny_cfg("model=lenet5", "data.dataset.image_size=28", "trainer.epochs=1",
-                   f"paths.output_dir={tmp_path / 'again'}"))
-    wb = load_checkpoint(tmp_path / "again" / "checkpoints" / "last.pt")["model"]
-    assert a["val_top1"] >= 0
+    def run(folder: str, *overrides: str):
+        metrics = train(tiny_cfg("model=lenet5", "data.dataset.image_size=28", "trainer.epochs=1",
+                                 f"paths.output_dir={tmp_path / folder}", *overrides))
+        return metrics, load_checkpoint(tmp_path / folder / "checkpoints" / "last.pt")["model"]
+
+    (a, wa), (b, wb), (_, wc) = run("a"), run("again"), run("other", "seed=1")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["train_loss_total"] == b["train_loss_total"] and a["val_loss"] == b["val_loss"]
+    # Another seed gives other weights: the equality above is the seed's doing, not a constant.
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
 class Recorder(HookBase):
+    name = "test"  # its loss term is loss_reg_test, as loss_names declares by default
+
     def __init__(self):
         self.calls, self.progress_seen = [], []
 
@@ -82,6 +89,27 @@ def test_hook_order_progress_and_named_loss_terms():
     assert rec.progress_seen == pytest.approx([i / 6 for i in range(6)])
     assert set(t.losses) == {"loss_ce", "loss_reg_test", "loss_total"}
     assert torch.allclose(t.losses["loss_total"], t.losses["loss_ce"] + t.losses["loss_reg_test"])
+
+
+class UndeclaredTerm(HookBase):
+    """Declares no loss term (it returns one under a name of its own choosing)."""
+
+    @property
+    def loss_names(self):
+        return ()
+
+    def extra_losses(self):
+        return {"loss_mine": torch.zeros(())}
+
+
+def test_a_loss_term_its_hook_does_not_declare_is_refused():
+    # check_distinct reads loss_names when the run starts; a term returned under another name
+    # would dodge it, so the first step that returns one stops the run and names the hook.
+    t = _tiny_trainer()
+    t.register_hooks([UndeclaredTerm()])
+    with pytest.raises(UserError, match="UndeclaredTerm returned the loss term 'loss_mine'.*does not declare"):
+        t.train()
+    assert t.iter == 0
 
 
 def test_non_finite_loss_names_the_step():
