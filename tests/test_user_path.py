@@ -259,21 +259,41 @@ def test_compose_without_output_dir_gives_a_run_folder(tmp_path, monkeypatch):
     assert (tmp_path / metrics["output_dir"] / "checkpoints" / "last.pt").is_file()
 
 
-def test_library_calls_leave_global_state_alone():
-    """compose keeps a caller's Hydra initialization; timing keeps torch's loggers as set."""
+def test_library_calls_leave_global_state_alone(tmp_path):
+    """compose keeps a caller's Hydra initialization. Timing and the ONNX export (which quiets
+    the exporter's loggers while it runs) leave every logger's level, the thread count and
+    grad mode as they found them."""
     import logging
 
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     from learnsparse.config_dir import compose
+    from learnsparse.export.artifacts import save_onnx
     from learnsparse.export.measure import interleaved_latency
 
     with initialize_config_module("learnsparse.configs", version_base="1.3"):
         outer = GlobalHydra.instance().hydra
         compose(["model=lenet5"])
         assert GlobalHydra.instance().is_initialized() and GlobalHydra.instance().hydra is outer
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    logger.setLevel(logging.INFO)
-    interleaved_latency({"m": torch.nn.Identity()}, torch.zeros(1), rounds=1, warmup=0)
-    assert logger.level == logging.INFO
+
+    model, x = torch.nn.Conv2d(3, 4, 3), torch.randn(2, 3, 8, 8)
+
+    def time_and_write_onnx():
+        interleaved_latency({"m": model}, x, rounds=1, warmup=0)
+        save_onnx(model, x, tmp_path / "m.onnx")
+
+    time_and_write_onnx()  # imports what they use once: every logger they could touch exists now
+    loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    found, threads = [(lg, lg.level) for lg in loggers], torch.get_num_threads()
+    unusual = logging.CRITICAL + 10  # a level nothing sets by itself (and nothing logs meanwhile)
+    try:
+        for lg in loggers:
+            lg.setLevel(unusual)
+        time_and_write_onnx()
+        assert [lg.name for lg in loggers if lg.level != unusual] == []
+    finally:
+        for lg, level in found:
+            lg.setLevel(level)
+    assert torch.get_num_threads() == threads and torch.is_grad_enabled()
