@@ -49,12 +49,13 @@ def all_commands():
 
 
 def user_config_files(root: Path) -> None:
-    """Write the config files the docs show (their first line names the path)."""
+    """Write the config files and plugin modules the docs show (their first line names the path)."""
     for page in PAGES:
         for lang, code, _ in blocks(page):
             # The path is in one of the first two comment lines (`# @package` must come first).
-            m = next(filter(None, (re.match(r"#\s*(\S+\.yaml)\s*$", ln) for ln in code.splitlines()[:2])), None)
-            if lang == "yaml" and m and not m.group(1).startswith("learnsparse/"):
+            m = next(filter(None, (re.match(r"#\s*(\S+\.(?:yaml|py))\s*$", ln) for ln in code.splitlines()[:2])), None)
+            if lang in ("yaml", "python") and m and m.group(1).endswith(f".{'yaml' if lang == 'yaml' else 'py'}") \
+                    and not m.group(1).startswith("learnsparse/"):
                 path = root / m.group(1)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(code)
@@ -85,6 +86,24 @@ def test_documented_command_composes(page, command, tmp_path, monkeypatch):
             compose_or_fail(overrides, "train", config_dirs, check_config)
     except SystemExit:
         pytest.fail(f"{page.name}: `{command}` does not compose (see the error above)")
+
+
+def test_the_documented_plugin_trains_under_the_term_it_declares(tmp_path, monkeypatch):
+    """docs/trainer.md's plugin, its config file and its command, trained for one tiny epoch:
+    its loss term is logged under the name its `loss_names` declares (the trainer refuses any
+    other)."""
+    from learnsparse import train
+    from learnsparse.cli import split_arguments
+    from learnsparse.config_dir import compose
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the command's PYTHONPATH=.
+    user_config_files(tmp_path)
+    [command] = [c for c in command_lines(REPO / "docs" / "trainer.md") if "sparsity=first_conv_l2" in c]
+    words = [w for w in shlex.split(command) if not w.startswith("PYTHONPATH=")]
+    _, config_dirs, overrides = split_arguments(words[1:])
+    metrics = train(compose([*overrides, *TINY_FASHION, f"paths.output_dir={tmp_path}/run"], "train", config_dirs))
+    assert metrics["train_loss_reg_first_conv_l2"] > 0
 
 
 @pytest.fixture(scope="module")
