@@ -148,3 +148,22 @@ def test_loader_defaults(name):
         assert "prefetch_factor" not in on_cpu
     assert loader_options(2, True, torch.device("cpu"), False, 4) == dict(
         num_workers=2, pin_memory=False, persistent_workers=False, prefetch_factor=4)
+
+
+def test_a_dataset_with_batched_getitems_loads_sample_by_sample():
+    """torch's Subset has `__getitems__`; the per-sample seeding wrapper must not hand it the
+    (index, seed) keys it passes to its own `__getitem__`."""
+    from torch.utils.data import Subset
+
+    from learnsparse.data import DataBundle
+    from learnsparse.engine.distributed import DistEnv
+    from learnsparse.engine.loaders import build_loaders
+
+    full = synthetic(train_size=20, val_size=4)
+    bundle = DataBundle(Subset(full.train, range(10, 20)), full.val, 10, 3, 32, "subset")
+    train, _, _ = build_loaders(bundle, batch_size=4, eval_batch_size=4, num_workers=0, pin_memory=False,
+                                device=torch.device("cpu"), dist_env=DistEnv(), seed=0)
+    images = torch.cat([x for x, _ in train])
+    assert images.shape == (10, 3, 32, 32)
+    expected = full.train.tensors[0][10:20]
+    assert torch.equal(images[images[:, 0, 0, 0].argsort()], expected[expected[:, 0, 0, 0].argsort()])

@@ -82,7 +82,8 @@ class SeededSampler(Sampler):
         return len(self.sampler)
 
     def __getattr__(self, name: str):
-        if name == "sampler":  # not set yet (unpickling): no recursion
+        # Not dunders (protocols are this class's own), nor `sampler` before it is set (unpickling).
+        if name.startswith("__") or name == "sampler":
             raise AttributeError(name)
         return getattr(self.sampler, name)
 
@@ -107,6 +108,8 @@ class SeededDataset(Dataset):
         return self.dataset[index]
 
     def __getattr__(self, name: str):
-        if name == "dataset":
+        # Not dunders: DataLoader would take the wrapped dataset's batched `__getitems__`, which
+        # knows nothing of (index, seed) keys. Nor `dataset` before it is set (unpickling).
+        if name.startswith("__") or name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
