@@ -178,7 +178,7 @@ def main() -> None:
                 timing = run_epoch(loader, generator, r, device)
                 if r > 0:
                     results[label(s)].append(timing)
-        print(f"{len(loaders)} settings x {args.rounds + 1} rounds of {args.epoch_images} images "
+        print(f"{len(loaders)} settings x (1 warm-up + {args.rounds} timed rounds) of {args.epoch_images} images "
               f"(batch {args.batch}) in {time.perf_counter() - t:.0f} s on {device}, "
               f"{os.cpu_count()} CPUs, main process {args.threads} threads\n")
 
