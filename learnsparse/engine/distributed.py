@@ -66,3 +66,20 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor)
     return tensor
+
+
+def agree_any(*flags: bool) -> tuple[bool, ...]:
+    """Each flag true on every rank when it is true on any (one all-reduce under torchrun; no
+    cost in a single process). Stop and save decisions go through here, so every rank stops,
+    or writes, after the same step."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tuple(bool(f) for f in flags)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(bool(f)) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -8,6 +8,8 @@ import torch
 
 from learnsparse.errors import UserError
 
+from .step_checkpoints import newest_valid
+
 log = logging.getLogger("learnsparse")
 
 # Keys that say where and how fast a run goes, not what it computes: a run that differs from
@@ -15,7 +17,9 @@ log = logging.getLogger("learnsparse")
 # asking for more epochs continues a run (the usual way to train longer).
 _RUN_ONLY_KEYS = {
     "paths", "hydra", "logger", "callbacks", "task_name", "trainer.epochs",
-    "trainer.resume", "trainer.device", "data.num_workers", "data.pin_memory", "data.eval_batch_size",
+    "trainer.resume", "trainer.device", "trainer.checkpoint", "trainer.requeue_on_preempt",
+    "data.num_workers", "data.pin_memory", "data.eval_batch_size",
+    "data.persistent_workers", "data.prefetch_factor",
     "data.root", "data.dataset.root", "data.dataset.download",
 }
 
@@ -42,9 +46,11 @@ def _config_of(path: Path) -> dict | None:
 
 def find_resume_checkpoint(resume: str | None, output_dir: Path, experiment_dir: Path | None,
                            config: dict | None = None) -> Path | None:
-    """`auto`: this run's last.pt if it has one, else the newest last.pt among earlier runs of
-    the same experiment (its sibling output folders and sweep jobs) whose configuration is this one's (up to
-    paths, device and loader settings); None when there is nothing to resume."""
+    """`auto`: this run's newest valid checkpoint (last.pt or a step checkpoint, the one with
+    the most steps done that reads whole: step_checkpoints.newest_valid) if it has one, else
+    that of the newest earlier run of the same experiment (its sibling output folders and
+    sweep jobs) whose configuration is this one's (up to paths, device and loader settings);
+    None when there is nothing to resume."""
     if not resume:
         return None
     if resume != "auto":
@@ -52,15 +58,20 @@ def find_resume_checkpoint(resume: str | None, output_dir: Path, experiment_dir:
         if not path.is_file():
             raise UserError(f"trainer.resume={resume}: no such checkpoint file")
         return path
-    own = output_dir / "checkpoints" / "last.pt"
-    if own.is_file():
+    own = newest_valid(output_dir / "checkpoints")
+    if own is not None:
         return own
     if experiment_dir is None or not experiment_dir.is_dir():
         return None
     # Single runs are <experiment>/<time>/, sweep jobs <experiment>/multirun_<time>/<job>/: a job
     # of a resubmitted sweep finds the same job (same overrides, so same identity) of the last one.
-    found = sorted([*experiment_dir.glob("*/checkpoints/last.pt"), *experiment_dir.glob("*/*/checkpoints/last.pt")],
-                   key=lambda p: p.stat().st_mtime, reverse=True)
+    files = [p for pattern in ("*/checkpoints/*.pt", "*/*/checkpoints/*.pt") for p in experiment_dir.glob(pattern)
+             if p.name == "last.pt" or p.name.startswith("step-")]
+    newest: dict[Path, float] = {}
+    for p in files:
+        newest[p.parent] = max(newest.get(p.parent, 0.0), p.stat().st_mtime)
+    found = [path for folder in sorted(newest, key=newest.get, reverse=True)
+             if (path := newest_valid(folder)) is not None]
     if config is None:
         return found[0] if found else None
     wanted = training_identity(config)

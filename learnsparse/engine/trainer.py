@@ -3,6 +3,8 @@ sparsity method are hooks (see hook_base.py for the contract)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import time
 import weakref
 from typing import Iterable
@@ -12,11 +14,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .checkpoint_io import set_rng_state
+from .compiling import ModelCompiler, compile_spec
+from .distributed import agree_any, barrier
 from learnsparse.errors import UserError
 
 from .events import EventStorage
 from .hook_base import HookBase, overrides
+from .preemption import Preempted, PreemptionHandler, requeue_slurm_job
 from .seeding import epoch_seed, seed_everything
+
+log = logging.getLogger("learnsparse")
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -44,7 +52,8 @@ class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader, *,
                  epochs: int, device: torch.device, lr_scheduler=None, seed: int = 0, amp: str | None = None,
                  grad_clip: float | None = None, channels_last: bool = False, rank: int = 0,
-                 loader_generator: torch.Generator | None = None, unwrapped_model: nn.Module | None = None):
+                 loader_generator: torch.Generator | None = None, unwrapped_model: nn.Module | None = None,
+                 compile=None, requeue_on_preempt: bool = False):
         self.model = model
         # The module whose weights hooks read and checkpoints store (not the DDP wrapper).
         self.unwrapped_model = unwrapped_model if unwrapped_model is not None else model
@@ -68,8 +77,19 @@ class Trainer:
         self.start_epoch = 0
         self.epoch = 0
         self.iter = 0
+        self.epoch_step = 0  # steps done in the current epoch
+        self._resume_skip, self._resume_rng = 0, None  # a mid-epoch resume: steps done, RNG state then
+        self.step_checkpointer = None  # the hook that writes step checkpoints (CheckpointHook sets it)
+        self.preemption = PreemptionHandler()
+        self.requeue_on_preempt = requeue_on_preempt
+        spec = compile_spec(compile)
+        self.compiler = ModelCompiler(spec) if spec is not None else None
+        self.compiled_model = self.compiler.compile(model, "start") if self.compiler else None
         self.progress = 0.0
         self.losses: dict[str, torch.Tensor] = {}
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, targets) of this step
+        self.outputs: torch.Tensor | None = None  # the model's logits for self.batch
+        self.ce_weight = 1.0  # weight of loss_ce in the total
         self.epoch_metrics: dict[str, float] = {}
         self.history: list[dict] = []
         self.hooks: list[HookBase] = []
@@ -84,6 +104,8 @@ class Trainer:
             h.trainer = weakref.proxy(self)
             self.hooks.append(h)
         check_distinct(self.hooks)
+        if self.compiler is not None:  # the limits fit the structure changes the plugins announce
+            self.compiler.set_limits(sum(int(getattr(h, "structure_changes", 0) or 0) for h in self.hooks))
         # Per-step points are hot: call only hooks that implement them.
         self._step_hooks = {m: [h for h in self.hooks if overrides(h, m)]
                             for m in ("before_step", "extra_losses", "after_backward", "after_step")}
@@ -91,6 +113,31 @@ class Trainer:
     def _call(self, method: str) -> None:
         for h in self.hooks:
             getattr(h, method)()
+
+    # ---- model surgery (engine/surgery.py) -------------------------------------------------
+    def replace_modules(self, mapping: dict[str, nn.Module], *, verify: bool = True, edit: dict | None = None,
+                        **options):
+        """Change the model during training, the one way it changes: verified, optimizer state
+        carried, record edit declared, DDP rewrapped, every hook told (see surgery.py)."""
+        from .surgery import replace_modules
+
+        return replace_modules(self, mapping, verify=verify, edit=edit, **options)
+
+    def notify_model_changed(self, mapping: dict[str, nn.Module]) -> None:
+        """The one place that reacts to a changed model: every hook's `on_model_changed`.
+        replace_modules calls it; so does a user's own edit of `unwrapped_model`."""
+        for h in self.hooks:
+            h.on_model_changed(mapping)
+        if self.compiler is not None:  # a new graph, compiled on purpose (compiling.py)
+            kinds = sorted({type(m).__name__ for m in mapping.values()})
+            cause = f"{len(mapping)} module(s) replaced at step {self.iter} (now {', '.join(kinds)})"
+            self.compiled_model = self.compiler.recompile(self.model, cause)
+
+    @property
+    def forward_model(self) -> nn.Module:
+        """What runs the forward, in training and evaluation: the compiled model (trainer.compile)
+        or the model itself (the DDP wrapper under torchrun)."""
+        return self.compiled_model if self.compiled_model is not None else self.model
 
     # ---- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -102,8 +149,16 @@ class Trainer:
             "hooks": {h.state_key: h.state_dict() for h in self.hooks},
             "epoch": self.epoch,
             "iter": self.iter,
+            # Mid-epoch (a step checkpoint) when below steps_per_epoch: resume continues this epoch.
+            "epoch_step": self.epoch_step,
+            "sampler": self._sampler_state(),
             "history": self.history,
         }
+
+    def _sampler_state(self) -> dict | None:
+        sampler = getattr(self.train_loader, "sampler", None)
+        position = self.epoch_step * (getattr(self.train_loader, "batch_size", None) or 1)
+        return sampler.state_dict(position) if hasattr(sampler, "start_at") else None
 
     def load_state_dict(self, ckpt: dict) -> None:
         # Hooks first: a sparsity plugin may restore masks or layer structure the weights need.
@@ -117,9 +172,13 @@ class Trainer:
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.history = list(ckpt.get("history", []))
-        self.start_epoch = ckpt["epoch"] + 1
         self.iter = ckpt["iter"]
         self.epoch = ckpt["epoch"]
+        done = ckpt.get("epoch_step")
+        if done is None or done >= self.steps_per_epoch:  # written at an epoch's end
+            self.start_epoch = self.epoch + 1
+        else:  # a step checkpoint: the same epoch, from its next batch, with the RNG state then
+            self.start_epoch, self._resume_skip, self._resume_rng = self.epoch, int(done), ckpt.get("rng")
         self.progress = self.iter / max(self.max_iter, 1)
 
     # ---- loop ----------------------------------------------------------------------------
@@ -129,17 +188,35 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def train(self) -> None:
+        # SIGTERM/SIGUSR1 become a flag, read between steps (preemption.py).
+        self.preemption.install()
+        try:
+            self._train()
+        finally:
+            self.preemption.uninstall()
+
+    def _train(self) -> None:
         self._call("before_train")
         for self.epoch in range(self.start_epoch, self.epochs):
-            self._start_epoch_rng()
+            skip, self._resume_skip = self._resume_skip, 0
+            batches = self._start_epoch_rng(skip)
             self.epoch_metrics = {}
             self._call("before_epoch")
             self.model.train()
+            if skip and self._resume_rng is not None:
+                # The streams as they were after the step the checkpoint followed (dropout, and
+                # with num_workers=0 the augmentations): the per-epoch seeding above is for epoch starts.
+                set_rng_state({k: v.cpu() if torch.is_tensor(v) else v for k, v in self._resume_rng.items()})
+                self._resume_rng = None
             t0 = time.perf_counter()
             seen = 0
-            for batch in self.train_loader:
+            self.epoch_step = skip
+            for batch in batches:
                 self.run_step(batch)
+                self.epoch_step += 1
                 seen += len(batch[1])
+                if self.epoch_step < self.steps_per_epoch:  # the epoch's end writes its own checkpoint
+                    self._end_of_step()
             elapsed = time.perf_counter() - t0
             self.epoch_metrics.update(epoch=self.epoch, epoch_time=elapsed, images_per_s=seen / max(elapsed, 1e-9),
                                       lr=self.optimizer.param_groups[0]["lr"])
@@ -147,9 +224,34 @@ class Trainer:
             self.history.append(self.epoch_metrics)
             self._call("after_epoch")
             self.events.drain()  # what no writer took this epoch is dropped, not kept for the run
+            if self.epoch < self.epochs - 1 and agree_any(self.preemption.requested)[0]:
+                self._stop()  # after_epoch wrote last.pt
         self._call("after_train")
 
-    def _start_epoch_rng(self) -> None:
+    def _end_of_step(self) -> None:
+        """Between two steps of an epoch: a step checkpoint when one is due, and the stop a
+        signal asked for. Every rank decides the same (rank 0's clock, any rank's signal)."""
+        saver = self.step_checkpointer
+        by_time = saver is not None and self.rank == 0 and saver.due_by_time()
+        stop, by_time = agree_any(self.preemption.requested, by_time)  # one all-reduce under torchrun
+        if saver is not None and (stop or by_time or saver.due_by_steps()):
+            saver.save_step()
+        if stop:
+            if saver is None:
+                log.warning("stopping at step %d without a checkpoint: this run has no CheckpointHook", self.iter)
+            self._stop()
+
+    def _stop(self) -> None:
+        """End the run after a preemption signal, its checkpoint on disk (EXIT_PREEMPTED)."""
+        barrier()  # rank 0 has written before any rank leaves: torchrun stops the group when one does
+        if self.requeue_on_preempt and self.rank == 0:
+            requeue_slurm_job()
+        stop = Preempted(self.preemption.signame or "a signal", self.iter)
+        log.warning("%s (exit status %d; trainer.resume=auto continues)", stop, stop.code)
+        raise stop
+
+    def _start_epoch_rng(self, skip: int = 0):
+        """Seed this epoch's streams; the batches to train on (all, or those after `skip`)."""
         seed = epoch_seed(self.seed, self.epoch, self.rank)
         seed_everything(seed)
         if self.loader_generator is not None:
@@ -157,6 +259,13 @@ class Trainer:
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
+        if not skip:
+            return self.train_loader
+        if hasattr(sampler, "start_at"):  # skipped at the sampler: their images are never loaded
+            sampler.start_at(skip * self.train_loader.batch_size)
+            return self.train_loader
+        log.warning("resuming mid-epoch with a sampler that cannot skip: loading %d batches to drop them", skip)
+        return itertools.islice(self.train_loader, skip, None)
 
     def run_step(self, batch) -> None:
         self.progress = self.iter / self.max_iter
@@ -166,8 +275,13 @@ class Trainer:
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         targets = targets.to(self.device, non_blocking=True)
         with self.autocast():
-            logits = self.model(images)
-            losses = {"loss_ce": F.cross_entropy(logits, targets)}
+            logits = self.forward_model(images)
+            # What loss-term plugins see (distillation reads both): this step's batch on the
+            # device and the model's outputs, set before any extra_losses() is called.
+            self.batch, self.outputs = (images, targets), logits
+            ce = F.cross_entropy(logits, targets)
+            # A plugin that takes over part of the label loss (KD's 1 − alpha) sets ce_weight.
+            losses = {"loss_ce": ce if self.ce_weight == 1.0 else self.ce_weight * ce}
             for h in self._step_hooks["extra_losses"]:
                 for term, value in h.extra_losses().items():
                     if term not in h.loss_names:  # what check_distinct read at the start must be what comes

@@ -43,4 +43,6 @@ class EvalHook(HookBase):
 
     def after_epoch(self) -> None:
         t = self.trainer
-        t.epoch_metrics.update(evaluate(t.model, self.loader, t.device, t.autocast, t.memory_format))
+        # forward_model: the compiled model under trainer.compile, else the model itself.
+        model = getattr(t, "forward_model", t.model)
+        t.epoch_metrics.update(evaluate(model, self.loader, t.device, t.autocast, t.memory_format))
