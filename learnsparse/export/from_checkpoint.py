@@ -14,7 +14,7 @@ from learnsparse.errors import UserError, first_line
 
 from .artifacts import save_condensed, save_onnx, save_pt2
 from .condense import condense_with_details
-from .report import build_report, format_report
+from .report import budget_summary, build_report, format_report
 from .runtimes import TARGETS
 
 log = logging.getLogger("learnsparse")
@@ -130,6 +130,9 @@ def _export_checkpoint(cfg) -> dict:
     from learnsparse.record import model_name
 
     report.update(checkpoint=str(path), model=model_name(model_config), input_shape=input_shape)
+    budget = budget_summary(ckpt, report)
+    if budget is not None:
+        report["budget"] = budget  # target and achieved, on this export
 
     out = Path(cfg.output_dir) if cfg.output_dir else path.resolve().parent.parent / "export"
     out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ import torch.nn as nn
 from learnsparse.engine.distributed import broadcast_tensor_
 from learnsparse.engine.hook_base import HookBase
 
+from .budget import (BudgetState, budget_dead_groups, budget_metrics, budget_record, budget_settings, increment_due,
+                     rounded_dead_groups, start_budget)
 from .groups import group_norms
 from .layer_pairs import batchnorm_after
 from .regularizers.selection_args import chosen_layers
@@ -32,7 +34,8 @@ RULES = ("absolute", "relative", "percentile")
 class ThresholdFreeze(HookBase):
     def __init__(self, model: nn.Module, at: float = 0.5, tau: float = 1e-3, rule: str = "absolute",
                  kinds: list[str] = ("filter",), layers: str = "conv", include: list[str] | None = None,
-                 exclude: list[str] | None = None, exclude_first_conv: bool = False, shrink_in_training: bool = True):
+                 exclude: list[str] | None = None, exclude_first_conv: bool = False, shrink_in_training: bool = True,
+                 round_to: int | None = None, budget: dict | None = None):
         if not 0 <= at < 1:
             raise ValueError(f"at must be in [0, 1), got {at}")
         if rule not in RULES:
@@ -46,6 +49,9 @@ class ThresholdFreeze(HookBase):
             raise ValueError("no layer matches the threshold's include/exclude patterns")
         self.kinds = list(kinds)
         self.shrink_in_training = shrink_in_training
+        # A budget (sparsity/budget.py) replaces the rule: a global ranking of channels meets it on the export.
+        self.budget, self.round_to = budget_settings(budget, round_to)
+        self.budget_state = BudgetState()
         self.masks: dict[str, torch.Tensor] = {}
         self._frozen = False
 
@@ -54,11 +60,17 @@ class ThresholdFreeze(HookBase):
         return self._frozen
 
     def before_train(self) -> None:
+        if self.budget is not None:
+            start_budget(self)
         if self.frozen:  # resumed after freezing
             self._move_masks()
             self._apply_to_weights()
 
     def before_step(self) -> None:
+        if self.budget is not None:
+            if increment_due(self):
+                self.freeze()
+            return
         if not self.frozen and self.progress >= self.at:
             self.freeze()
 
@@ -87,6 +99,8 @@ class ThresholdFreeze(HookBase):
                 bn_name = name if isinstance(module, nn.BatchNorm2d) else bn_of[name]
                 kill(f"{bn_name}.weight", channels)
                 kill(f"{bn_name}.bias", channels)
+        for n, old in self.masks.items():  # a budget's later increments keep what earlier ones froze
+            masks[n] = masks[n] & old if n in masks else old
         for mask in masks.values():
             broadcast_tensor_(mask)  # every rank freezes what rank 0 froze
         self.masks = masks
@@ -105,11 +119,18 @@ class ThresholdFreeze(HookBase):
                 self.masks = remaining
 
     def _dead_groups(self) -> list[tuple[str, nn.Module, str, torch.Tensor]]:
+        if self.budget is not None:
+            return budget_dead_groups(self)
         norms = []
         for name, m in self.chosen:
             kinds = ["element"] if isinstance(m, nn.BatchNorm2d) else self.kinds
             for kind in kinds:
                 norms.append((name, m, kind, group_norms(m.weight.detach(), kind)))
+        if self.round_to:
+            return rounded_dead_groups(self, self._rule_dead(norms))
+        return self._rule_dead(norms)
+
+    def _rule_dead(self, norms: list) -> list[tuple[str, nn.Module, str, torch.Tensor]]:
         if self.rule == "percentile":
             everything = torch.cat([n.flatten() for *_, n in norms])
             k = int(self.tau * everything.numel())
@@ -156,11 +177,15 @@ class ThresholdFreeze(HookBase):
     def after_epoch(self) -> None:
         self.trainer.epoch_metrics["frozen_zero_weights"] = sum(int((~m).sum()) for m in self.masks.values())
         self.trainer.epoch_metrics["trained_params"] = sum(p.numel() for p in self.model.parameters())
+        if self.budget is not None:
+            self.trainer.epoch_metrics.update(budget_metrics(self))
 
     def state_dict(self) -> dict:
         return {"at": self.at, "tau": self.tau, "rule": self.rule, "frozen": self._frozen,
-                "masks": {n: m.cpu() for n, m in self.masks.items()}}
+                "masks": {n: m.cpu() for n, m in self.masks.items()},
+                **({"budget": budget_record(self)} if self.budget is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.masks = dict(state.get("masks", {}))
         self._frozen = bool(state.get("frozen", self.masks))
+        self.budget_state = BudgetState.from_state(state.get("budget"))
