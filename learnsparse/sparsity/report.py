@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from learnsparse.engine.hook_base import HookBase
+from learnsparse.text_table import format_table
 
 from .connectivity import connectivity_image
 from .groups import group_norms
@@ -32,14 +33,13 @@ def layer_sparsity(weight: torch.Tensor) -> dict:
     return row
 
 
-def format_table(rows: dict[str, dict]) -> str:
-    lines = [f"{'layer':<28}{'shape':<20}{'nonzeros':>12}{'filters 0%':>12}{'channels 0%':>13}"
-             f"{'fibres 0%':>11}{'removed':>9}"]
-    for name, r in rows.items():
-        lines.append(f"{name:<28}{'x'.join(map(str, r['shape'])):<20}{r['nonzeros']:>12,}"
-                     f"{r['zero_filters_pct']:>12.1f}{r['zero_channels_pct']:>13.1f}{r['zero_fibres_pct']:>11.1f}"
-                     f"{'yes' if r['removed'] else '':>9}")
-    return "\n".join(lines)
+def sparsity_table(rows: dict[str, dict]) -> str:
+    """The log's table: a row per layer, its zeros by filter, channel and fibre."""
+    return "\n".join(format_table(
+        ["layer", "shape", "nonzeros", "filters 0%", "channels 0%", "fibres 0%", "removed"],
+        [[name, "x".join(map(str, r["shape"])), f"{r['nonzeros']:,}", f"{r['zero_filters_pct']:.1f}",
+          f"{r['zero_channels_pct']:.1f}", f"{r['zero_fibres_pct']:.1f}", "yes" if r["removed"] else ""]
+         for name, r in rows.items()], right={2, 3, 4, 5, 6}))
 
 
 class SparsityReport(HookBase):
@@ -58,7 +58,7 @@ class SparsityReport(HookBase):
         m["sparsity_layers"] = rows
         if getattr(t, "rank", 0) != 0:
             return
-        log.info("sparsity after epoch %d:\n%s", t.epoch + 1, format_table(rows))
+        log.info("sparsity after epoch %d:\n%s", t.epoch + 1, sparsity_table(rows))
         events = t.events
         for name, mod in self.layers:
             for key in ("zero_filters_pct", "zero_channels_pct", "zero_fibres_pct"):
