@@ -106,6 +106,8 @@ def format_report(report: dict) -> str:
              + ("" if report["exact"] else "  [lossy: classifier_keep]"),
              f"the trained model, as it left training, in eager PyTorch: {report['latency_ms_masked_eager']:.2f} ms "
              f"(export {report['speedup_vs_masked_eager']:.2f}x faster)"]
+    if report.get("budget"):
+        lines.append(budget_line(report["budget"]))
     if report.get("tactics"):
         chosen = ", ".join(f"{name} {t['form']}" for name, t in report["tactics"].items())
         lines.append(f"form per learned layer, fastest in {report['latency_target']}: {chosen}")
@@ -115,3 +117,32 @@ def format_report(report: dict) -> str:
     lines += format_table(["layer", "trained", "deployed", "params", "→ params", "MACs", "→ MACs"], layers,
                           right={3, 4, 5, 6})
     return "\n".join(lines)
+
+
+def budget_summary(ckpt: dict, report: dict) -> dict | None:
+    """The run's budget (a plugin's checkpoint state, sparsity/budget.py) beside what this export
+    achieved: its MACs or parameters over the network the run started from. A latency budget
+    shows the latency fraction the run measured when it chose, and the MACs it reached."""
+    for state in (ckpt.get("hooks") or {}).values():
+        budget = state.get("budget") if isinstance(state, dict) else None
+        if not budget or not budget.get("dense"):
+            continue
+        counted = "params" if budget["kind"] == "params" else "macs"
+        exported = report["params_after"] if counted == "params" else report["macs_after"]
+        out = {"kind": budget["kind"], "target": budget["fraction"], "counted": counted, "dense": budget["dense"],
+               "exported": exported, "achieved": exported / budget["dense"], "steps": budget.get("steps"),
+               "round_to": budget.get("round_to")}
+        if budget["kind"] == "latency":
+            out.update(latency_target=budget["target"], latency_batch=budget["batch"],
+                       latency_measured_in_training=(budget.get("latency") or {}).get(budget.get("done")))
+        return out
+    return None
+
+
+def budget_line(b: dict) -> str:
+    line = (f"budget: {b['kind']} {b['target']:g} of the starting network's {int(b['dense']):,} {b['counted']}; "
+            f"exported {int(b['exported']):,} = {b['achieved']:.4f}")
+    if b["kind"] == "latency" and b.get("latency_measured_in_training") is not None:
+        line += (f" (latency {b['latency_measured_in_training']:.3f} of the starting network's in "
+                 f"{b['latency_target']}, batch {b['latency_batch']}, measured when training chose)")
+    return line
