@@ -1,0 +1,4 @@
+"""Knowledge distillation: a student trains towards a teacher's outputs (`distill=kd`)."""
+from .kd import KnowledgeDistillation
+
+__all__ = ["KnowledgeDistillation"]
