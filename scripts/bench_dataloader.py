@@ -143,6 +143,7 @@ def main() -> None:
     # 2 threads on a loaded 2-core machine, ToTensor/Normalize spent 15x longer in OpenMP's
     # barriers: 190 ms per image against 12.)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
+    ap.add_argument("--stage-runs", type=int, default=21, help="passes per stage of the per-image timing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -151,7 +152,7 @@ def main() -> None:
         t = time.perf_counter()
         facts = write_image_folder(Path(tmp), args.images)
         print(f"wrote {facts['files']} JPEGs ({facts['mean_kb']:.0f} KB on average) in {time.perf_counter() - t:.1f} s")
-        costs = stage_costs(Path(tmp))
+        costs = stage_costs(Path(tmp), runs=args.stage_runs)
         total = sum(costs.values())
         print("per image, one thread: " + ", ".join(f"{k} {v:.1f} ms" for k, v in costs.items())
               + f"; {total:.1f} ms in all = {1e3 / total:.0f} images/s per core")

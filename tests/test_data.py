@@ -167,3 +167,19 @@ def test_a_dataset_with_batched_getitems_loads_sample_by_sample():
     assert images.shape == (10, 3, 32, 32)
     expected = full.train.tensors[0][10:20]
     assert torch.equal(images[images[:, 0, 0, 0].argsort()], expected[expected[:, 0, 0, 0].argsort()])
+
+
+def test_bench_dataloader_runs_and_prints_its_table(monkeypatch, capsys):
+    """scripts/bench_dataloader.py at its smallest: the script keeps up with the loaders it times."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_dataloader.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--images", "20", "--epoch-images", "16", "--batch", "8",
+                                      "--workers", "0", "1", "--rounds", "1", "--stage-runs", "1"])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "images/s per core" in out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| workers=")]
+    assert len(rows) == 4 and rows[0].split("|")[3].strip() == "1.00x"
