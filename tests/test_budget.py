@@ -201,3 +201,49 @@ def test_budget_run_resumes_bit_exactly(tiny_cfg, tmp_path):
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert resumed["budget_macs_achieved"] == full["budget_macs_achieved"]
+
+
+def _grouped_export_macs(method: str, setting: int) -> float:
+    """resnet20 with every learned layer at its final structure, exported: its MACs ÷ dense."""
+    from learnsparse import sparsify
+    from learnsparse.nn.flgc import FLGConv
+    from learnsparse.nn.learned_group_conv import LearnedGroupConv
+
+    model = _model("resnet20")
+    dense = _macs(model)
+    if method == "lgc":
+        sparsify(model, "lgc", groups=2, condense_factor=setting)
+    else:
+        sparsify(model, "flgc", groups=setting, balanced=True)
+    for m in model.modules():
+        if isinstance(m, LearnedGroupConv):
+            m.condense_to(m.max_stage)
+        elif isinstance(m, FLGConv):
+            m.freeze()
+    return _macs(_exported(model)) / dense
+
+
+@pytest.mark.parametrize("method", ["lgc", "flgc"])
+def test_learned_grouping_budget_picks_the_smallest_setting_that_meets_it(tiny_cfg, method):
+    """Checked by condensing (lgc) or freezing (flgc) every learned layer and exporting for real:
+    the setting the budget picks meets it, one step finer does not."""
+    from learnsparse.engine.run import build_plugins
+    from learnsparse.nn.flgc import FLGConv
+    from learnsparse.nn.learned_group_conv import LearnedGroupConv
+
+    cfg = tiny_cfg("model=resnet20", f"sparsity={method}", "budget.macs=0.5", f"sparsity.{method}.groups=2",
+                   *(["sparsity.flgc.balanced=true"] if method == "flgc" else []))
+    model = _model("resnet20")
+    build_plugins(cfg, model, SHAPE)
+    layers = [m for m in model.modules() if isinstance(m, (LearnedGroupConv, FLGConv))]
+    settings = {int(m.condense_factor) if method == "lgc" else int(m.groups) for m in layers}
+    assert len(settings) == 1
+    setting = settings.pop()
+    assert _grouped_export_macs(method, setting) <= 0.5
+    assert setting == 2 or _grouped_export_macs(method, setting - 1) > 0.5
+
+
+def test_learned_grouping_budget_out_of_reach_is_one_line(tiny_cfg):
+    with pytest.raises(UserError, match="cannot be met by lgc: the best condense_factor") as e:
+        train(tiny_cfg("model=resnet20", "sparsity=lgc", "budget.macs=0.01"))
+    assert "\n" not in str(e.value)

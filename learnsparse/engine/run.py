@@ -52,13 +52,15 @@ def build_node(node, what: str, **kwargs):
         raise UserError(f"cannot build {what}: {first_line(cause, limit=None)}") from e
 
 
-def build_plugins(cfg: DictConfig, model: torch.nn.Module) -> list:
+def build_plugins(cfg: DictConfig, model: torch.nn.Module, input_shape: list[int] | None = None) -> list:
     """Each entry of `sparsity` is a partial that takes the model; it may change the model's
     layers, so plugins are built before the optimizer sees the parameters."""
     plugins = []
     # The top-level budget goes to every plugin that takes one (threshold, lgc, flgc).
     budget = OmegaConf.to_container(cfg.budget, resolve=True) if cfg.get("budget") is not None else None
     budget = budget if budget and any(budget.get(k) is not None for k in ("macs", "params", "latency")) else None
+    if budget:
+        budget["input_shape"] = input_shape  # lgc and flgc choose their setting before training
     met = False
     for name, node in (cfg.get("sparsity") or {}).items():
         plugin = build_node(node, f"sparsity.{name}")
@@ -183,7 +185,8 @@ def find_start(cfg: DictConfig) -> Start:
     return Start(init=load_init(init_path), init_path=init_path)
 
 
-def build_model_and_plugins(cfg: DictConfig, start: Start) -> tuple[torch.nn.Module, list]:
+def build_model_and_plugins(cfg: DictConfig, start: Start,
+                            input_shape: list[int] | None = None) -> tuple[torch.nn.Module, list]:
     """The model (rebuilt with the edits of the run it starts from), its starting weights, then
     the plugins, which may change it: all before the optimizer sees the parameters."""
     what = f"checkpoint {start.resume_path}" if start.resume else f"trainer.init_from={start.init_path}"
@@ -191,7 +194,7 @@ def build_model_and_plugins(cfg: DictConfig, start: Start) -> tuple[torch.nn.Mod
     if start.init is not None:
         init_weights(model, start.init, start.init_path)
     distill = build_distill(cfg, model, start)  # the teacher is taken before plugins change the model
-    return model, [*build_plugins(cfg, model), *distill]
+    return model, [*build_plugins(cfg, model, input_shape), *distill]
 
 
 def build_trainer(cfg: DictConfig, model: torch.nn.Module, bundle, device: torch.device, dist_env: DistEnv):
@@ -302,7 +305,7 @@ def _build(cfg: DictConfig, dist_env: DistEnv) -> Run:
     seed_everything(int(cfg.seed))
     bundle = build_data(cfg)
     start = find_start(cfg)
-    model, plugins = build_model_and_plugins(cfg, start)
+    model, plugins = build_model_and_plugins(cfg, start, list(bundle.val[0][0].shape))
     model.to(device, memory_format=torch.channels_last if cfg.trainer.get("channels_last") else torch.contiguous_format)
     trainer, val_loader = build_trainer(cfg, model, bundle, device, dist_env)
     loggers = build_group_hooks(cfg, "logger") if dist_env.is_main else []

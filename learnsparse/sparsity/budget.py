@@ -51,7 +51,8 @@ class Budget:
         if node is None:
             return None
         node = dict(node)
-        unknown = sorted(set(node) - {*KINDS, "target", "batch", "steps", "round_to"})
+        # input_shape: added by the run for plugins that choose before training (lgc, flgc)
+        unknown = sorted(set(node) - {*KINDS, "target", "batch", "steps", "round_to", "input_shape"})
         if unknown:
             raise ValueError(f"budget: unknown key {unknown[0]!r}; it takes {', '.join(KINDS)}, target, batch, "
                              f"steps and round_to")

@@ -24,6 +24,7 @@ from learnsparse.learned_grouping import sparsify
 
 from .condense_in_training import swap_in_training, swapped_by
 from .trainable_forms import DEPLOYED, MEASURE, check_choice
+from .budget_groups import budget_setting
 from .condensing import SWAP_METHOD, CondensingSchedule
 from .connectivity import connectivity_image
 
@@ -34,7 +35,7 @@ class FLGCSchedule(HookBase):
     def __init__(self, model: nn.Module, groups: int = 4, balanced: bool = False, learn_fraction: float = 0.5,
                  temperature: float = 1.0, temperature_end: float | None = None, include: list[str] | None = None,
                  exclude: list[str] | None = None, log_images: bool = True, assignment_grad_scale: float = 10.0,
-                 condense_in_training: bool = True, trainable_form: str = DEPLOYED):
+                 condense_in_training: bool = True, trainable_form: str = DEPLOYED, budget: dict | None = None):
         if not 0 <= learn_fraction <= 1:
             raise ValueError(f"learn_fraction must be in [0, 1], got {learn_fraction}")
         if temperature <= 0 or (temperature_end is not None and temperature_end <= 0):
@@ -42,6 +43,7 @@ class FLGCSchedule(HookBase):
         # A model rebuilt after the in-training swap has its layers in deployed form already.
         self.swapped = bool(swapped_by(model, "flgc"))
         if not self.swapped and not any(isinstance(m, FLGConv) for m in model.modules()):
+            groups = budget_setting(model, budget, "flgc", groups, include, exclude, balanced) or groups
             sparsify(model, "flgc", groups=groups, include=include, exclude=exclude, balanced=balanced,
                      temperature=temperature)
         self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, FLGConv)]
@@ -108,10 +110,11 @@ class FLGCSchedule(HookBase):
 def LGCSchedule(model: nn.Module, groups: int = 4, condense_factor: int = 4, include: list[str] | None = None,
                 exclude: list[str] | None = None, condense_fraction: float = 0.5, group_lasso: float = 0.0,
                 log_images: bool = True, condense_in_training: bool = True,
-                trainable_form: str = MEASURE) -> CondensingSchedule:
+                trainable_form: str = MEASURE, budget: dict | None = None) -> CondensingSchedule:
     """`sparsity=lgc`: LearnedGroupConv in place of matching convs, condensed on CondenseNet's schedule.
     A model that has them already (rebuilt from a checkpoint's record) keeps them."""
     if not swapped_by(model, SWAP_METHOD) and not any(isinstance(m, LearnedGroupConv) for m in model.modules()):
+        condense_factor = budget_setting(model, budget, "lgc", groups, include, exclude) or condense_factor
         sparsify(model, "lgc", groups=groups, condense_factor=condense_factor, include=include, exclude=exclude)
     return CondensingSchedule(model, condense_fraction=condense_fraction, group_lasso=group_lasso,
                               log_images=log_images, condense_in_training=condense_in_training,
