@@ -14,6 +14,7 @@ from learnsparse.record import architecture_record
 
 from ..checkpoint_io import link_atomic, rng_state, save_atomic
 from ..hook_base import HookBase
+from .structure_key import structure_key
 from ..step_checkpoints import prune, step_file
 
 
@@ -27,6 +28,7 @@ class CheckpointHook(HookBase):
         self.is_main = is_main
         self.monitor = monitor
         self.best = float("-inf")
+        self.structure: str | None = None  # structure_key of the last epoch's network
 
     def checkpoint(self) -> dict:
         t = self.trainer
@@ -40,6 +42,13 @@ class CheckpointHook(HookBase):
 
     def after_epoch(self) -> None:
         value = self.trainer.epoch_metrics.get(self.monitor)
+        # best.pt holds the best epoch of the network's current structure: when a plugin cuts,
+        # condenses or swaps layers, the epochs before no longer count (exporting "the best"
+        # must give the pruned network, not the dense one whose accuracy was higher).
+        key = structure_key(self.trainer.unwrapped_model)
+        if self.structure is not None and key != self.structure:
+            self.best = float("-inf")
+        self.structure = key
         improved = value is not None and value > self.best
         if improved:
             self.best = value
@@ -76,7 +85,8 @@ class CheckpointHook(HookBase):
         return path
 
     def state_dict(self) -> dict:
-        return {"best": self.best}
+        return {"best": self.best, "structure": self.structure}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best", float("-inf"))
+        self.structure = state.get("structure")
