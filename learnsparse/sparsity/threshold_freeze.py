@@ -108,8 +108,16 @@ class ThresholdFreeze(HookBase):
         self._apply_to_weights()
         self._mask_optimizer_state()
         zeroed = sum(int((~m).sum()) for m in masks.values())
-        log.info("threshold: froze %d weights at zero at progress %.3f (%s, tau=%g)", zeroed, self.progress,
-                 self.rule, self.tau)
+        # Counted in the groups that were chosen (a slimming channel is one, not its γ and β).
+        units = {"filter": "filters", "channel": "channels", "shape": "shape fibres", "kernel2d": "kernels",
+                 "layer": "layers", "element": "weights"}
+        counted: dict[str, int] = {}
+        for _, module, kind, is_dead in dead:
+            unit = "channels" if isinstance(module, nn.BatchNorm2d) else units.get(kind, kind)
+            counted[unit] = counted.get(unit, 0) + int(is_dead.sum())
+        log.info("threshold: froze %s at zero (%d weights with their biases and BatchNorm γ, β) at progress %.3f "
+                 "(%s, tau=%g)", ", ".join(f"{n} {u}" for u, n in counted.items()) or "nothing", zeroed,
+                 self.progress, self.rule, self.tau)
         if self.shrink_in_training:
             # The zeros are final: train the thinner network (what the export would deploy).
             from .shrink_in_training import shrink_in_training
