@@ -35,7 +35,9 @@ class HookBase:
     def before_step(self) -> None: ...
 
     def extra_losses(self) -> dict[str, torch.Tensor]:
-        """Named loss terms added to the total this step (regularizers). Called after forward."""
+        """Named loss terms added to the total this step (regularizers, distillation). Called
+        after forward, under the step's autocast: `trainer.batch` is (images, targets) on the
+        device and `trainer.outputs` the model's logits for them."""
         return {}
 
     def after_backward(self) -> None: ...
