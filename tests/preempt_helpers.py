@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 from learnsparse.engine import HookBase
 
@@ -32,6 +33,8 @@ class SignalDuringSave(HookBase):
         real = checkpoint.save_atomic
 
         def save_with_a_second_signal(obj, path):
+            if not Path(path).name.startswith("step-"):  # the epochs' own checkpoints: untouched
+                return real(obj, path)
             os.kill(os.getpid(), signal.SIGTERM)
             real(obj, path)
             os.kill(os.getpid(), signal.SIGUSR1)

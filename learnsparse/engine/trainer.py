@@ -246,7 +246,7 @@ class Trainer:
         barrier()  # rank 0 has written before any rank leaves: torchrun stops the group when one does
         if self.requeue_on_preempt and self.rank == 0:
             requeue_slurm_job()
-        stop = Preempted(self.preemption.signame or "a signal", self.iter)
+        stop = Preempted(self.preemption.signame or "a signal to another rank", self.iter)
         log.warning("%s (exit status %d; trainer.resume=auto continues)", stop, stop.code)
         raise stop
 
