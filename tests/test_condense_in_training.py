@@ -11,18 +11,19 @@ import torch
 import torch.nn as nn
 
 from learnsparse.engine.checkpoint_io import load_checkpoint
+from learnsparse.engine.surgery import SurgeryMismatchError
 from learnsparse.models import create_model
 from learnsparse.nn import FLGConv, LearnedGroupConv
-from learnsparse.sparsity.condense_in_training import swap_in_training
+from learnsparse.sparsity.condense_in_training import choose_before_training, swap_in_training
 
 from .cli_runner import run_cli
 from .helpers import resnet_cifar_params
+from .test_surgery import bare_trainer
 from .test_export_graph import _as_trained
 
 
 def _fake_trainer(model, optimizer, shape):
-    return SimpleNamespace(unwrapped_model=model, model=model, optimizer=optimizer, device=torch.device("cpu"),
-                           memory_format=torch.contiguous_format, input_shape=list(shape))
+    return bare_trainer(model, optimizer, shape)
 
 
 def _steps(model, optimizer, batches):
@@ -115,19 +116,22 @@ def test_a_swap_that_would_change_outputs_is_refused():
         return new
 
     object.__setattr__(entry, "trainable_form", wrong)
+    before = [type(m) for m in model.modules()]
+    params = [id(p) for p in optimizer.param_groups[0]["params"]]
     try:
-        with pytest.raises(condense_in_training.SwapMismatchError, match="differ"):
+        with pytest.raises(SurgeryMismatchError, match="differ"):
             swap_in_training(_fake_trainer(model, optimizer, shape),
                              [n for n, m in model.named_modules() if isinstance(m, LearnedGroupConv)], "test")
     finally:
         object.__setattr__(entry, "trainable_form", broken)
+    # Refused, the model is put back as it was: the same layers, the optimizer untouched.
+    assert [type(m) for m in model.modules()] == before
+    assert [id(p) for p in optimizer.param_groups[0]["params"]] == params == [id(p) for p in model.parameters()]
 
 
 # 96 images, batch 32: 3 steps per epoch, 4 epochs. The last structure change (LGC's last
 # stage, FLGC's freeze) comes at progress 0.5 = step 6, the first step of epoch 3 (index 2).
-RUNS = {"lgc": ["model=condensenet_mini", "data.in_channels=1", "sparsity=condensenet",
-                "sparsity.condensenet.condense_in_training=true",
-                "sparsity.condensenet.trainable_form=deployed"],  # every layer swaps, whatever the timing
+RUNS = {"lgc": ["model=condensenet_mini", "data.in_channels=1", "sparsity=condensenet"],  # its defaults
         "flgc": ["model=resnet20", "sparsity=flgc", "sparsity.flgc.groups=3"],
         "threshold": ["model=resnet20", "sparsity=threshold", "sparsity.threshold.rule=percentile",
                       "sparsity.threshold.tau=0.5"]}
@@ -203,8 +207,7 @@ def test_shrunk_network_trains_exactly_as_the_masked_one():
         opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
         hook = ThresholdFreeze(m, at=0.0, tau=0.5, rule="percentile", shrink_in_training=shrink)
-        hook.trainer = _fake_trainer(m, opt, shape)
-        hook.trainer.progress = 0.0
+        hook.keep_alive = bare_trainer(m, opt, shape, hooks=[hook])  # the hook holds a weak proxy
         hook.freeze()
         return m, opt, hook
 
@@ -246,7 +249,8 @@ def test_measured_choice_swaps_only_the_layers_that_train_faster_deployed(monkey
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     trainer = _fake_trainer(model, optimizer, shape)
     trainer.train_loader = SimpleNamespace(batch_size=12)
-    done = swap_in_training(trainer, names, "test", choose="measure")
+    forms = choose_before_training(trainer, names, lambda m: None, "measure")
+    done = swap_in_training(trainer, names, "test", forms=forms)
     # Timed on one training batch's worth of each layer's real input.
     assert len(seen_shapes) == len(names) and all(s[0] == 12 for s in seen_shapes)
     assert isinstance(model.get_submodule(slow_deployed), LearnedGroupConv) and slow_deployed not in done
@@ -259,6 +263,31 @@ def test_measured_choice_swaps_only_the_layers_that_train_faster_deployed(monkey
     redo_swap(before, edit)
     assert [type(m) for m in before.modules()] == [type(m) for m in model.modules()]
     before.load_state_dict(model.state_dict())
+
+
+def test_the_default_rule_reads_only_shapes(monkeypatch):
+    """`rule`: deployed exactly where a layer's input has at most RULE_MAX_PIXELS pixels; no
+    timing happens, so load cannot change it."""
+    from learnsparse.sparsity import trainable_forms
+    from learnsparse.sparsity.condensing import CondensingSchedule
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the rule must not time anything")
+
+    monkeypatch.setattr(trainable_forms, "training_step_ms", no_timing)
+    model, shape = _structured("lgc", 0)
+    assert CondensingSchedule(model).trainable_form == trainable_forms.RULE  # the default
+    names = [n for n, m in model.named_modules() if isinstance(m, LearnedGroupConv)]
+    # At 32x32 the mini network's blocks see 32x32, 16x16 and 8x8 maps.
+    trainer = _fake_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), (shape[0], 32, 32))
+    forms = choose_before_training(trainer, names, lambda m: None, trainable_forms.RULE)
+    assert set(forms) == set(names)
+    for name, choice in forms.items():
+        h, w = choice["input"][1:]
+        assert choice["form"] == (trainable_forms.DEPLOYED if h * w <= trainable_forms.RULE_MAX_PIXELS
+                                  else trainable_forms.MASKED), name
+    assert {c["form"] for c in forms.values()} == {trainable_forms.DEPLOYED, trainable_forms.MASKED}
+    assert choose_before_training(trainer, names, lambda m: None, trainable_forms.RULE) == forms
 
 
 def test_a_layer_swaps_only_when_its_deployed_form_is_clearly_faster():
@@ -298,9 +327,19 @@ def test_timing_the_forms_leaves_the_training_untouched():
 def test_a_run_with_measured_forms_records_its_choice_and_resumes_on_it(tmp_path):
     common = [*RUNS["lgc"], "sparsity.condensenet.trainable_form=measure", "data.dataset.image_size=16",
               "data.dataset.train_size=96", f"hydra.run.dir={tmp_path}/run"]
-    first = run_cli(*common, "trainer.epochs=4")
+    # Killed before the swap (step 6): the choice was made before the first step and is in the
+    # epoch-1 checkpoint, so the resumed run swaps what the killed one chose, timing nothing again.
+    killed = run_cli(*common, "trainer.epochs=4", "+callbacks.kill._target_=tests.helpers.KillAtStep",
+                     "+callbacks.kill.step=4")
+    assert killed.returncode == -signal.SIGKILL
+    assert "will train deployed" in killed.stderr + killed.stdout  # timed, before the first step
+    chosen = load_checkpoint(tmp_path / "run/checkpoints/last.pt")["hooks"]["condensenet"]["forms"]
+    assert chosen and all(set(c["ms"]) == {"masked", "deployed"} for c in chosen.values())
+    first = run_cli(*common, "trainer.epochs=4", "trainer.resume=auto")
     assert first.returncode == 0, first.stderr[-2000:]
+    assert "will train deployed" not in first.stderr + first.stdout  # not timed again
     edit = load_checkpoint(tmp_path / "run/checkpoints/last.pt")["record"]["edits"][-1]
+    assert edit["forms"] == chosen
     assert edit["op"] == "condense_in_training"
     assert all(set(c["ms"]) == {"masked", "deployed"} for c in edit["forms"].values())
     assert sorted(edit["layers"]) == sorted(n for n, c in edit["forms"].items() if c["form"] == "deployed")

@@ -13,11 +13,19 @@
         hook.after_epoch()              # trainer.epoch_metrics collects what hooks measured
     hook.after_train()
 
+    hook.on_model_changed(mapping)      # whenever the model changes (a swap, a shrink: any
+                                        # Trainer.replace_modules), at the point that changed it
+
 A hook holds a weak reference to its trainer (`self.trainer`) so the two never form a
 cycle. Hooks never look for each other: what they measure goes into `trainer.epoch_metrics`,
 what they draw or plot into `trainer.events` (learnsparse.engine.events), where the writers
 find it. `state_dict()`/`load_state_dict()` go into checkpoints under the hook's `name`, so a
 resumed run continues exactly.
+
+A hook that holds modules or parameters of the model (a penalty's weights, a report's layers,
+masks) rebinds them in `on_model_changed`: `mapping` is {qualified name: the module now there},
+and `trainer.unwrapped_model` is the changed model (the same root object). It never keeps a
+reference it was not told about: after a change, the old modules are not the model's.
 """
 from __future__ import annotations
 
@@ -47,6 +55,9 @@ class HookBase:
     def after_epoch(self) -> None: ...
 
     def after_train(self) -> None: ...
+
+    def on_model_changed(self, mapping: dict) -> None:
+        """The modules named in `mapping` were replaced (optimizer, DDP and record already follow)."""
 
     def state_dict(self) -> dict:
         return {}

@@ -16,8 +16,8 @@ from learnsparse.engine.distributed import broadcast_tensor_
 from learnsparse.engine.hook_base import HookBase
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
 
-from .condense_in_training import swap_facts, swap_in_training
-from .trainable_forms import MEASURE, check_choice
+from .condense_in_training import choose_before_training, swap_facts, swap_in_training
+from .trainable_forms import RULE, check_choice
 from .connectivity import connectivity_image
 
 log = logging.getLogger("learnsparse")
@@ -32,9 +32,16 @@ def stage_at(progress: float, condense_factor: int, condense_fraction: float) ->
     return min(last, int(progress / condense_fraction * last + 1e-9))
 
 
+def _last_stage(model: nn.Module) -> None:
+    """Every learned group conv of `model` at its last stage (its final structure's shape)."""
+    for m in model.modules():
+        if isinstance(m, LearnedGroupConv) and int(m.stage) < m.max_stage:
+            m.condense_to(m.max_stage)
+
+
 class CondensingSchedule(HookBase):
     def __init__(self, model: nn.Module, condense_fraction: float = 0.5, group_lasso: float = 0.0,
-                 log_images: bool = True, condense_in_training: bool = True, trainable_form: str = MEASURE):
+                 log_images: bool = True, condense_in_training: bool = True, trainable_form: str = RULE):
         if not 0 < condense_fraction <= 1:
             raise ValueError(f"condense_fraction must be in (0, 1], got {condense_fraction}")
         if group_lasso < 0:
@@ -50,9 +57,19 @@ class CondensingSchedule(HookBase):
         self.log_images = log_images
         self.condense_in_training = condense_in_training
         self.trainable_form = check_choice(trainable_form)
+        self.forms: dict[str, dict] | None = None  # each layer's form after the swap, chosen before training
 
     def before_train(self) -> None:
+        if self.condense_in_training and not self.swapped and self.forms is None:
+            # Chosen before the first step, so a run resumed from any checkpoint replays it.
+            self.forms = choose_before_training(self.trainer, [n for n, _ in self.layers], _last_stage,
+                                                self.trainable_form)
         self._log_connectivity()
+
+    def on_model_changed(self, mapping: dict) -> None:
+        # The learned layers still in the model (a swap replaced some by their deployed forms).
+        modules = dict(self.trainer.unwrapped_model.named_modules())
+        self.layers = [(n, modules[n]) for n, _ in self.layers if isinstance(modules.get(n), LearnedGroupConv)]
 
     def before_step(self) -> None:
         changed = False
@@ -74,10 +91,8 @@ class CondensingSchedule(HookBase):
         """Every layer is at its last stage: its structure is final, so it trains deployed."""
         kept = sum(float(m.mask.sum()) for _, m in self.layers) / sum(m.mask.numel() for _, m in self.layers)
         facts = {"stage": self.stages()[0], "kept": kept}
-        names = swap_in_training(self.trainer, [n for n, _ in self.layers], SWAP_METHOD,
-                                 choose=self.trainable_form, **facts)
-        self.layers = [(n, m) for n, m in self.layers if n not in names]
-        self.swapped = facts
+        swap_in_training(self.trainer, [n for n, _ in self.layers], SWAP_METHOD, forms=self.forms, **facts)
+        self.swapped = facts  # self.layers followed in on_model_changed
 
     def stages(self) -> list[int]:
         return sorted({int(layer.stage) for _, layer in self.layers} | ({self.swapped["stage"]} if self.swapped else set()))
@@ -108,9 +123,10 @@ class CondensingSchedule(HookBase):
     def state_dict(self) -> dict:
         # Masks and stages are model buffers and travel with the weights; this records the
         # schedule's own settings so a resumed run can tell if they changed.
-        return {"condense_fraction": self.condense_fraction, "stages": self.stages()}
+        return {"condense_fraction": self.condense_fraction, "stages": self.stages(), "forms": self.forms}
 
     def load_state_dict(self, state: dict) -> None:
+        self.forms = state.get("forms", self.forms)
         if abs(state.get("condense_fraction", self.condense_fraction) - self.condense_fraction) > 1e-12:
             log.warning("condensing: resumed with condense_fraction %s (checkpoint had %s)",
                         self.condense_fraction, state["condense_fraction"])

@@ -22,13 +22,20 @@ from learnsparse.nn.flgc import FLGConv
 from learnsparse.nn.learned_group_conv import LearnedGroupConv
 from learnsparse.learned_grouping import sparsify
 
-from .condense_in_training import swap_in_training, swapped_by
-from .trainable_forms import DEPLOYED, MEASURE, check_choice
+from .condense_in_training import choose_before_training, swap_in_training, swapped_by
+from .trainable_forms import DEPLOYED, RULE, check_choice
 from .budget_groups import budget_setting
+from .budget_record import record_metrics, record_state, restore_record
 from .condensing import SWAP_METHOD, CondensingSchedule
 from .connectivity import connectivity_image
 
 log = logging.getLogger("learnsparse")
+
+
+def _frozen(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, FLGConv) and not bool(m.frozen):
+            m.freeze()
 
 
 class FLGCSchedule(HookBase):
@@ -43,7 +50,8 @@ class FLGCSchedule(HookBase):
         # A model rebuilt after the in-training swap has its layers in deployed form already.
         self.swapped = bool(swapped_by(model, "flgc"))
         if not self.swapped and not any(isinstance(m, FLGConv) for m in model.modules()):
-            groups = budget_setting(model, budget, "flgc", groups, include, exclude, balanced) or groups
+            picked, self.budget_record = budget_setting(model, budget, "flgc", groups, include, exclude, balanced)
+            groups = picked or groups
             sparsify(model, "flgc", groups=groups, include=include, exclude=exclude, balanced=balanced,
                      temperature=temperature)
         self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, FLGConv)]
@@ -56,7 +64,22 @@ class FLGCSchedule(HookBase):
         self.log_images = log_images
         self.condense_in_training = condense_in_training
         self.trainable_form = check_choice(trainable_form)
+        self.forms: dict[str, dict] | None = None  # each layer's form after the swap, chosen before training
         self._epoch_start: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def before_train(self) -> None:
+        if self.condense_in_training and not self.frozen and self.forms is None:
+            # Chosen before the first step (on a copy frozen now: the shapes the swap will see,
+            # near enough to time), so a run resumed from any checkpoint replays it.
+            self.forms = choose_before_training(self.trainer, [n for n, _ in self.layers], _frozen,
+                                                self.trainable_form)
+
+    def on_model_changed(self, mapping: dict) -> None:
+        # The learned layers still in the model (a swap replaced some by their deployed forms).
+        modules = dict(self.trainer.unwrapped_model.named_modules())
+        kept = [i for i, (n, _) in enumerate(self.layers) if isinstance(modules.get(n), FLGConv)]
+        self.layers = [(self.layers[i][0], modules[self.layers[i][0]]) for i in kept]
+        self._epoch_start = [self._epoch_start[i] for i in kept] if self._epoch_start else []
 
     @property
     def frozen(self) -> bool:
@@ -76,9 +99,8 @@ class FLGCSchedule(HookBase):
             log.info("flgc: assignments frozen at progress %.3f", self.progress)
             if self.condense_in_training:
                 # Frozen: the grouping is final, so the layers train as grouped convs.
-                names = swap_in_training(self.trainer, [n for n, _ in self.layers], "flgc", choose=self.trainable_form)
-                self.layers = [(n, m) for n, m in self.layers if n not in names]
-                self._epoch_start = [tuple(t.clone() for t in m.assignments()) for _, m in self.layers]
+                # self.layers and their epoch-start assignments follow in on_model_changed.
+                names = swap_in_training(self.trainer, [n for n, _ in self.layers], "flgc", forms=self.forms)
                 self.swapped = bool(names)
             return
         if self.temperature_end is not None:
@@ -97,6 +119,7 @@ class FLGCSchedule(HookBase):
         metrics = self.trainer.epoch_metrics
         metrics["flgc_assignments_changed_pct"] = 100.0 * changed / max(1, total)
         metrics["flgc_frozen"] = int(self.frozen)
+        metrics.update(record_metrics(self))
         if self.log_images and self.trainer.events.enabled:
             for name, m in self.layers:
                 self.trainer.events.put_image(f"flgc_connectivity/{name}", connectivity_image(m),
@@ -104,17 +127,22 @@ class FLGCSchedule(HookBase):
 
     def state_dict(self) -> dict:
         # Logits and frozen assignments are model parameters/buffers and travel with the weights.
-        return {"learn_fraction": self.learn_fraction, "frozen": self.frozen}
+        return {"learn_fraction": self.learn_fraction, "frozen": self.frozen, "forms": self.forms, **record_state(self)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.forms = state.get("forms", self.forms)
+        restore_record(self, state)
 
 
 def LGCSchedule(model: nn.Module, groups: int = 4, condense_factor: int = 4, include: list[str] | None = None,
                 exclude: list[str] | None = None, condense_fraction: float = 0.5, group_lasso: float = 0.0,
                 log_images: bool = True, condense_in_training: bool = True,
-                trainable_form: str = MEASURE, budget: dict | None = None) -> CondensingSchedule:
+                trainable_form: str = RULE, budget: dict | None = None) -> CondensingSchedule:
     """`sparsity=lgc`: LearnedGroupConv in place of matching convs, condensed on CondenseNet's schedule.
     A model that has them already (rebuilt from a checkpoint's record) keeps them."""
     if not swapped_by(model, SWAP_METHOD) and not any(isinstance(m, LearnedGroupConv) for m in model.modules()):
-        condense_factor = budget_setting(model, budget, "lgc", groups, include, exclude) or condense_factor
+        picked, record = budget_setting(model, budget, "lgc", groups, include, exclude)
+        condense_factor = picked or condense_factor
         sparsify(model, "lgc", groups=groups, condense_factor=condense_factor, include=include, exclude=exclude)
     return CondensingSchedule(model, condense_fraction=condense_fraction, group_lasso=group_lasso,
                               log_images=log_images, condense_in_training=condense_in_training,

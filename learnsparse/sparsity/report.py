@@ -45,8 +45,16 @@ def sparsity_table(rows: dict[str, dict]) -> str:
 class SparsityReport(HookBase):
     def __init__(self, model: nn.Module, layers: str = "conv_linear", include: list[str] | None = None,
                  exclude: list[str] | None = None, images: bool = True, histograms: bool = True):
-        self.layers = chosen_layers(model, layers, include, exclude)
+        self._selection = (layers, include, exclude)
+        self.layers = chosen_layers(model, *self._selection)
         self.images, self.histograms = images, histograms
+
+    def before_train(self) -> None:
+        self.on_model_changed({})  # plugins built after this one may have replaced layers
+
+    def on_model_changed(self, mapping: dict) -> None:
+        # The report describes the model as it is now (thinner layers, deployed forms).
+        self.layers = chosen_layers(self.trainer.unwrapped_model, *self._selection)
 
     def after_epoch(self) -> None:
         t = self.trainer

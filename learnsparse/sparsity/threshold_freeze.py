@@ -54,6 +54,7 @@ class ThresholdFreeze(HookBase):
         self.budget_state = BudgetState()
         self.masks: dict[str, torch.Tensor] = {}
         self._frozen = False
+        self._shrinking = False
 
     @property
     def frozen(self) -> bool:
@@ -122,9 +123,28 @@ class ThresholdFreeze(HookBase):
             # The zeros are final: train the thinner network (what the export would deploy).
             from .shrink_in_training import shrink_in_training
 
-            remaining = shrink_in_training(self.trainer, self.masks)
+            self._shrinking = True  # its masks no longer fit mid-surgery: the shrink slices them
+            try:
+                remaining = shrink_in_training(self.trainer, self.masks)
+            finally:
+                self._shrinking = False
             if remaining is not None:
                 self.masks = remaining
+
+    def on_model_changed(self, mapping: dict) -> None:
+        """Rebind to the changed model: the layers it chose (by name), and masks whose parameter
+        is still there with its shape (the shrink hands over its own sliced masks after this)."""
+        model = self.trainer.unwrapped_model
+        self.model = model
+        modules = dict(model.named_modules())
+        self.chosen = [(n, modules[n]) for n, m in self.chosen if type(modules.get(n)) is type(m)]
+        params = dict(model.named_parameters())
+        kept = {n: m for n, m in self.masks.items() if n in params and params[n].shape == m.shape}
+        if len(kept) < len(self.masks) and not self._shrinking:
+            log.warning("threshold: %d frozen masks no longer fit the changed model and are dropped (%s)",
+                        len(self.masks) - len(kept), ", ".join(sorted(set(self.masks) - set(kept))))
+        self.masks = kept
+        self._pairs = None  # the (parameter, mask) pairs were the old parameters
 
     def _dead_groups(self) -> list[tuple[str, nn.Module, str, torch.Tensor]]:
         if self.budget is not None:

@@ -13,6 +13,8 @@ as the loss term `loss_reg_<plugin name>` and thus in the logs and TensorBoard.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 
@@ -20,6 +22,7 @@ from learnsparse.engine.hook_base import HookBase
 
 from ..groups import KINDS, group_norms
 
+log = logging.getLogger("learnsparse")
 MODES = ("subgradient", "proximal")
 
 
@@ -47,13 +50,39 @@ class GroupPenalty(HookBase):
 
     @property
     def active(self) -> bool:
-        return self.strength > 0 and self.progress < self.until
+        return self.strength > 0 and bool(self.terms) and self.progress < self.until
 
     @property
     def loss_name(self) -> str:
         return f"loss_reg_{self.state_key}"
 
     def before_train(self) -> None:
+        # A plugin built after this one may have replaced layers (sparsity=[l1,flgc] makes the
+        # convs FLGConvs): the terms follow their layers by name from the start.
+        self._rebind()
+
+    def on_model_changed(self, mapping: dict) -> None:
+        self._rebind()
+
+    def _rebind(self) -> None:
+        """Each term follows its layer (by name) to the weight now there: a thinner conv after a
+        shrink. A layer that is gone, or no longer has a weight of that kind (a branch replaced
+        by its shortcut, a learned layer swapped for its deployed form), leaves the penalty.
+        Then each term's optimizer group (for the proximal step's learning rate)."""
+        model = getattr(self.trainer, "unwrapped_model", None)  # (a bare harness may have none)
+        modules = dict(model.named_modules()) if model is not None else {}
+        terms, gone = [], []
+        for name, w, kind in self.terms:
+            new = getattr(modules.get(name), "weight", None) if model is not None else w
+            if isinstance(new, nn.Parameter) and new.dim() == w.dim():
+                terms.append((name, new, kind))
+            else:
+                gone.append(name)
+        if gone:
+            log.info("%s: %d layers left the model and are no longer regularized (%s)", self.state_key,
+                     len(set(gone)), ", ".join(sorted(set(gone))[:5]) + (" …" if len(set(gone)) > 5 else ""))
+        self.terms = terms
+        self._norms = None
         groups = self.trainer.optimizer.param_groups
         owner = {id(p): i for i, g in enumerate(groups) for p in g["params"]}
         self._group_of = [owner.get(id(w)) for _, w, _ in self.terms]

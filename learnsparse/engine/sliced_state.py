@@ -3,8 +3,8 @@
 When a layer (or a whole network) is converted in the middle of training, each surviving
 parameter keeps its momentum or Adam moments, sliced exactly as its weights were. The sure way
 to slice a state tensor like its weight is to run the same conversion on a copy of the old
-module whose weights *are* the state tensors; both the in-training swap and the in-training
-shrink do that, through `sliced_optimizer_state`.
+module whose weights *are* the state tensors; model surgery (surgery.py, which every swap and
+shrink goes through) does that, through `sliced_optimizer_state`.
 """
 from __future__ import annotations
 
