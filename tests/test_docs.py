@@ -152,7 +152,8 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["experiment", "sparsity", "model", "data", "optim", "lr_scheduler", "logger"])
+@pytest.mark.parametrize("group", ["experiment", "sparsity", "model", "data", "optim", "lr_scheduler", "logger",
+                                   "callbacks"])
 def test_configs_page_names_every_option(group):
     text = (REPO / "docs" / "configs.md").read_text()
     missing = [o for o in _options(group) if f"`{o}`" not in text]

@@ -20,18 +20,17 @@ from torch.nn.parallel import DistributedDataParallel
 from learnsparse.errors import UserError, find_cause, first_line
 from learnsparse.record import model_name, rebuild
 
-from .checkpoint_io import load_checkpoint, set_rng_state
 from .config_checks import check_config
 from .devices import select_device
 from .distributed import DistEnv, init_distributed, shutdown_distributed
 from .held_log import held, tell
 from .hooks import CheckpointHook, EvalHook, MetricsLogHook, ProgressBarHook, TrainStatsHook
-from .init_weights import init_weights, load_init
+from .init_weights import init_weights
 from .loaders import build_loaders
 from .model_stats import model_stats
 from ..sparsity.connectivity import connectivity_image, fixed_sparse_layers
-from .resume import find_resume_checkpoint
 from .seeding import seed_everything
+from .start import Start, find_start, restore
 from .step_checkpoints import step_options
 from .teacher import build_distill
 from .trainer import Trainer
@@ -149,40 +148,6 @@ def build_optimization(cfg: DictConfig, model: torch.nn.Module, steps_per_epoch:
     scheduler = build_node(cfg.lr_scheduler, "lr_scheduler")(
         optimizer, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
     return optimizer, scheduler
-
-
-def checkpoint_to_resume(cfg: DictConfig) -> tuple[Path | None, dict | None]:
-    output_dir = Path(cfg.paths.output_dir)
-    experiment_dir = Path(cfg.paths.log_dir) / str(cfg.task_name) if cfg.paths.get("log_dir") else None
-    path = find_resume_checkpoint(cfg.trainer.get("resume"), output_dir, experiment_dir,
-                                  OmegaConf.to_container(cfg, resolve=True))
-    return (path, load_checkpoint(path)) if path is not None else (None, None)
-
-
-def restore(trainer: Trainer, ckpt: dict, path: Path) -> None:
-    try:
-        trainer.load_state_dict(ckpt)
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise UserError(f"checkpoint {path} does not fit this config ({first_line(e)})") from e
-    set_rng_state({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ckpt["rng"].items()})
-    log.info("resumed from %s at epoch %d (step %d)", path, trainer.start_epoch, trainer.iter)
-
-
-@dataclass
-class Start:
-    """Where a run starts: a checkpoint to resume, one to take the weights from, or neither."""
-    resume_path: Path | None = None
-    resume: dict | None = None
-    init_path: Path | None = None
-    init: dict | None = None
-
-
-def find_start(cfg: DictConfig) -> Start:
-    resume_path, resume = checkpoint_to_resume(cfg)
-    if resume is not None or not cfg.trainer.get("init_from"):
-        return Start(resume_path, resume)
-    init_path = Path(str(cfg.trainer.init_from))
-    return Start(init=load_init(init_path), init_path=init_path)
 
 
 def build_model_and_plugins(cfg: DictConfig, start: Start,
