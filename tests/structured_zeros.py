@@ -74,3 +74,65 @@ def with_shape_sparse_conv(model: nn.Module, kept: float, seed: int) -> nn.Modul
             if isinstance(m, nn.Conv2d) and m.groups == 1 and m.kernel_size != (1, 1):
                 m.weight.mul_(torch.rand(m.weight.shape[1:], generator=g) < kept)
     return model.eval()
+
+
+def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, nn.Module]:
+    """conv → the BatchNorm that reads its output and nothing else in between, found by running
+    the model (any model: the pairing comes from the tensors, not from attribute names)."""
+    made: dict[int, nn.Module] = {}
+    pairs: dict[nn.Module, nn.Module] = {}
+
+    def after_conv(m, args, out):
+        made[id(out)] = (m, out)
+
+    def before_bn(m, args):
+        hit = made.get(id(args[0]))
+        if hit is not None and hit[1] is args[0] and hit[0].out_channels == m.num_features:
+            pairs[hit[0]] = m
+
+    handles = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return pairs
+
+
+def _hidden_linears(model: nn.Module) -> list[nn.Linear]:
+    """Linear layers whose output another layer reads (every linear but the last: the logits)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[:-1]
+
+
+@torch.no_grad()
+def kill_filters(model: nn.Module, example: torch.Tensor, seed: int = 0, frac: float = 0.3) -> nn.Module:
+    """Dead channels as SSL plus threshold-and-freeze leave them, on any model: `frac` of every
+    ungrouped conv's filters zeroed together with the BatchNorm that follows (γ = β = 0), and
+    `frac` of every hidden linear layer's units (rows and bias). Running statistics are set to
+    non-trivial values first, so a channel that is not dead is not silently constant."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and m.affine and m.track_running_stats:
+            m.running_mean.uniform_(-1, 1, generator=g)
+            m.running_var.uniform_(0.5, 2, generator=g)
+            m.weight.uniform_(0.5, 1.5, generator=g)
+            m.bias.uniform_(-0.5, 0.5, generator=g)
+    pairs = _conv_bn_pairs(model, example)
+    for m in list(model.modules()):
+        if isinstance(m, nn.Conv2d) and m.groups == 1 and m.out_channels > 1:
+            dead = torch.rand(m.out_channels, generator=g) < frac
+            m.weight[dead] = 0
+            if m.bias is not None:
+                m.bias[dead] = 0
+            bn = pairs.get(m)
+            if bn is not None and bn.affine:
+                bn.weight[dead], bn.bias[dead] = 0, 0
+    for m in _hidden_linears(model):
+        dead = torch.rand(m.out_features, generator=g) < frac
+        m.weight[dead] = 0
+        if m.bias is not None:
+            m.bias[dead] = 0
+    return model.eval()

@@ -1,239 +1,298 @@
 """Remove channels that are exactly dead, through Torch-Pruning's dependency graph.
 
 The graph couples every layer that shares a channel: the conv that writes it, its BatchNorm,
-residual adds (every branch writing the channel), concatenations, flatten → linear, and the
-layers that read it. A channel of such a group goes only when removing it cannot change the
-output:
+residual adds (every branch writing the channel), concatenations, splits, flatten → linear,
+and the layers that read it. Which channels of such a group may go is `channel_rules`; this
+file drives it over a whole model, and never returns a model that computes something else:
 
-- every *writer* of the channel produces exactly zero there — a conv or linear with a zero
-  filter and zero bias, or a BatchNorm whose γ and β are zero (its output is then zero
-  whatever its input), or a BatchNorm after a zero filter whose constant β − γμ/σ is zero —
-  so every tensor of the group is zero in that channel; or
-- every *reader* (a conv or linear taking the channel as input) has zero weights for it, so
-  its value does not matter.
+1. for each conv or linear layer, only the channels that look dead there (a zero filter, a
+   killed BatchNorm, an input its readers ignore) start a group search, bounded in steps
+   (`dependency_graph`), so the search stays small on any topology;
+2. a group that reaches a grouped conv loses the same count from each conv group; one that
+   reaches a reshape Torch-Pruning cannot map (a channel shuffle), or whose indices it maps
+   out of range (some splits), keeps its channels;
+3. each group is pruned under a snapshot: if Torch-Pruning raises, its layers are put back.
+   The pruned model's output is compared with the original's on the example and on noise;
+   if it moved, the pass starts again from the snapshot and checks after every group that
+   goes through anything but convs, norms and element-wise ops (`_unusual`), keeping the
+   ones that move it; if the output still moved, nothing is removed.
 
-A zero filter followed by a BatchNorm with a non-zero constant (or a zero filter with a bias)
-outputs that constant, not zero. Where every reader is a linear layer or an unpadded conv, the
-constant folds exactly into the readers' biases and the channel goes; otherwise (a padded 3x3
-conv sees zeros at the borders, not the constant) the channel is kept. Groups nobody reads (the logits) are never touched.
+Whatever looked dead and stays is listed, a layer a line, with the reason (`kept`).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-_WEIGHTED = (nn.Conv2d, nn.Linear)
+from .channel_rules import (_WEIGHTED, _columns_zero, _is_bn_kernel, _is_depthwise, _preserves_zero, analyse, fold_constants,
+                            indices_in_range, removable_channels)
+from .dependency_graph import MAX_SEARCH_STEPS, SearchBound, build
+from .grouped_conv import equal_per_group, is_grouped
+from .module_state import Snapshot, kept_state
 
-# Operations between layers that map zero to zero, so a channel that is zero where it is
-# written stays zero downstream. Anything else (sigmoid, `x + 1`, clamp to a positive
-# minimum) could turn it into a non-zero constant: its group keeps every channel.
-_ZERO_PRESERVING_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Identity,
-                            nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-                            nn.Flatten)
-_STRUCTURAL_OPS = (tp.ops._ConcatOp, tp.ops._SplitOp, tp.ops._ReshapeOp, tp.ops._SliceOp, tp.ops._UnbindOp,
-                   tp.ops._ExpandOp)
-_ZERO_PRESERVING_GRAD_FNS = {
-    "Relu", "Threshold", "Hardtanh", "LeakyRelu", "Silu", "Gelu", "Hardswish", "Add", "Sub", "Mul", "Mean", "Sum",
-    "AvgPool2D", "MaxPool2DWithIndices", "AdaptiveAvgPool2D", "AdaptiveMaxPool2D", "View", "Reshape", "UnsafeView",
-    "T", "Transpose", "Permute", "Clone", "Cat", "Squeeze", "Unsqueeze", "Expand", "Slice", "Select", "Split",
-    "SplitWithSizes", "Unbind",
-}
+__all__ = ["ChannelPruning", "prune_dead_channels", "remove_dead_channels", "removable_channels"]
+
+# The pruned model may differ from the original by float rounding only (removed terms were
+# zero): far below the export's own check (1e-5 of the output scale).
+_RTOL = 3e-6
 
 
-def _preserves_zero(m: nn.Module) -> bool:
-    if isinstance(m, _ZERO_PRESERVING_MODULES + _STRUCTURAL_OPS):
-        return True
-    if isinstance(m, tp.ops._ElementWiseOp):
-        name = str(m._grad_fn)  # the autograd node's name, e.g. "ReluBackward0"
-        return name.rstrip("0123456789").removesuffix("Backward") in _ZERO_PRESERVING_GRAD_FNS
-    return False
-
-
-def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
-
-
-def _rows_zero(m: nn.Module, idxs: list[int]) -> torch.Tensor:
-    """Per output index: the filter and its bias are all zero."""
-    w = m.weight.detach()[idxs].flatten(1)
-    dead = (w == 0).all(dim=1)
-    if m.bias is not None:
-        dead &= m.bias.detach()[idxs] == 0
-    return dead
-
-
-def _columns_zero(m: nn.Module, idxs: list[int]) -> torch.Tensor:
-    """Per input index: no weight of the layer reads it."""
-    w = m.weight.detach()
-    if isinstance(m, nn.Conv2d) and m.groups > 1:
-        # Input channel i of a grouped conv is column i mod (in/groups) of its group's filters.
-        per_group = m.in_channels // m.groups
-        out_per_group = m.out_channels // m.groups
-        idx = torch.as_tensor(idxs)
-        g, col = idx // per_group, idx % per_group
-        w = w.reshape(m.groups, out_per_group, per_group, -1)
-        return (w[g, :, col] == 0).flatten(1).all(dim=1)
-    return (w.transpose(0, 1)[idxs].flatten(1) == 0).all(dim=1)
-
-
-def _bn_dead(bn: nn.BatchNorm2d, idxs: list[int], input_zero: torch.Tensor | None) -> torch.Tensor:
-    gamma, beta = bn.weight.detach()[idxs], bn.bias.detach()[idxs]
-    dead = (gamma == 0) & (beta == 0)
-    if input_zero is not None:
-        mean, var = bn.running_mean[idxs], bn.running_var[idxs]
-        constant = beta - gamma * mean / torch.sqrt(var + bn.eps)
-        dead |= input_zero & (constant == 0)
-    return dead
-
-
-def _producer_conv(DG: tp.DependencyGraph, bn: nn.Module) -> nn.Module | None:
-    node = DG.module2node.get(bn)
-    if node is None or len(node.inputs) != 1:
-        return None
-    prev = node.inputs[0].module
-    return prev if isinstance(prev, _WEIGHTED) and len(node.inputs[0].outputs) == 1 else None
-
-
-def _feeds_batchnorm(DG: tp.DependencyGraph, m: nn.Module) -> bool:
-    node = DG.module2node.get(m)
-    return node is not None and len(node.outputs) == 1 and isinstance(node.outputs[0].module, nn.BatchNorm2d)
-
-
-def _bn_constant(bn: nn.BatchNorm2d, idxs: list[int], input_zero: torch.Tensor | None) -> torch.Tensor:
-    """Per channel: the BatchNorm's output does not depend on its input (γ = 0, or input zero)."""
-    constant = bn.weight.detach()[idxs] == 0
-    return constant | input_zero if input_zero is not None else constant
-
-
-def _foldable_reader(m: nn.Module) -> bool:
-    """A reader into whose bias a constant input channel folds exactly: every output reads the
-    channel only inside the input (linear; conv without padding, of any kernel size — with
-    padding, border outputs would read zeros instead of the constant)."""
-    if isinstance(m, nn.Linear):
-        return True
-    return isinstance(m, nn.Conv2d) and m.groups == 1 and not isinstance(m.padding, str) and m.padding == (0, 0)
-
-
-def removable_channels(DG: tp.DependencyGraph, group) -> tuple[list[int], list[int]]:
-    """Root indices of `group` whose removal leaves the network's function unchanged, and root
-    indices that are constant wherever they are read and whose readers can absorb that
-    constant into their bias (to be confirmed on data by `_fold_constants`)."""
-    n = len(group[0].idxs)
-    writers_dead = torch.ones(n, dtype=torch.bool)
-    writers_constant = torch.ones(n, dtype=torch.bool)
-    readers_zero = torch.ones(n, dtype=torch.bool)
-    readers_foldable = True
-    has_reader = False
-    for item in group.items:
-        dep, m, idxs = item.dep, item.dep.target.module, list(item.idxs)
-        roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
-        if isinstance(m, tp.ops._OutputOp):
-            return [], []  # the channel is part of the model's output
-        if DG.is_out_channel_pruning_fn(dep.handler):
-            if _preserves_zero(m):
-                continue  # (a constant stays a constant too: checked on data before folding)
-            if isinstance(m, nn.BatchNorm2d):
-                conv = _producer_conv(DG, m)
-                input_zero = _rows_zero(conv, idxs) if conv is not None and conv.weight.shape[0] == m.num_features \
-                    else None
-                dead, constant = _bn_dead(m, idxs, input_zero), _bn_constant(m, idxs, input_zero)
-            elif isinstance(m, _WEIGHTED):
-                if _feeds_batchnorm(DG, m):
-                    continue  # its BatchNorm is the writer that decides
-                dead = _rows_zero(m, idxs)
-                constant = (m.weight.detach()[idxs].flatten(1) == 0).all(dim=1)  # only the bias is left
-            else:
-                dead = constant = torch.zeros(len(idxs), dtype=torch.bool)  # an op that may not keep zeros
-            # Several indices may map to one root (flatten); the root is dead only if all are.
-            writers_dead &= _scatter_all(dead, roots, n)
-            writers_constant &= _scatter_all(constant, roots, n)
-        elif isinstance(m, _WEIGHTED) and not _is_depthwise(m):
-            has_reader = True
-            readers_zero &= _scatter_all(_columns_zero(m, idxs), roots, n)
-            readers_foldable &= _foldable_reader(m)
-        else:
-            has_reader = True
-            readers_zero[:] = False  # a reader we cannot inspect needs every channel
-            readers_foldable = False
-    if not has_reader:
-        return [], []
-    removable = writers_dead | readers_zero
-    foldable = writers_constant & ~removable if readers_foldable else torch.zeros(n, dtype=torch.bool)
-    return torch.nonzero(removable).flatten().tolist(), torch.nonzero(foldable).flatten().tolist()
-
-
-@torch.no_grad()
-def _fold_constants(model: nn.Module, group, candidates: list[int], example_inputs: torch.Tensor) -> list[int]:
-    """Fold channels that are constant at every reader into the readers' biases; returns the
-    root indices folded. The constant is read off the readers' real inputs and accepted only
-    if it is bitwise the same for every image and position (a padded pooling on the way, for
-    instance, makes borders differ: such a channel is kept)."""
-    readers = [item for item in group.items if isinstance(item.dep.target.module, _WEIGHTED)
-               and not group._DG.is_out_channel_pruning_fn(item.dep.handler)]
-    seen, handles = {}, []
-    for item in readers:
-        m = item.dep.target.module
-        handles.append(m.register_forward_pre_hook(lambda mod, args, m=m: seen.__setitem__(m, args[0].detach())))
-    noise = torch.randn(example_inputs.shape, generator=torch.Generator().manual_seed(1))
-    try:
-        model(torch.cat([example_inputs, noise]))
-    finally:
-        for h in handles:
-            h.remove()
-    cand = torch.as_tensor(candidates)
-    ok = torch.ones(len(candidates), dtype=torch.bool)
-    plans = []
-    for item in readers:
-        m, x = item.dep.target.module, seen[item.dep.target.module]
-        idxs, roots = torch.as_tensor(list(item.idxs)), torch.as_tensor(item.root_idxs)
-        pick = torch.isin(roots, cand)
-        cols = idxs[pick]
-        values = x[:, cols].transpose(0, 1).flatten(1)  # (columns, every image and position)
-        constant = (values == values[:, :1]).all(dim=1)
-        where = torch.searchsorted(cand, roots[pick])
-        ok &= _scatter_all(constant, where, len(candidates))
-        plans.append((m, cols, roots[pick], values[:, 0]))
-    for m, cols, roots, kappa in plans:
-        use = torch.isin(roots, cand[ok])
-        w = m.weight.detach()[:, cols[use]]
-        w = w.flatten(2).sum(2) if w.dim() > 2 else w  # every kernel tap reads the same constant
-        if m.bias is None:
-            m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device))
-        m.bias.add_(w @ kappa[use])
-    return cand[ok].tolist()
-
-
-def _scatter_all(values: torch.Tensor, roots: torch.Tensor, n: int) -> torch.Tensor:
-    out = torch.ones(n, dtype=torch.bool)
-    out.scatter_reduce_(0, roots, values, reduce="amin")
-    return out
+@dataclass
+class ChannelPruning:
+    changed: list = field(default_factory=list)  # (layer name, layer, output channels before, after)
+    history: list = field(default_factory=list)  # Torch-Pruning's pruning history: replays the removal
+    bias_added: list = field(default_factory=list)  # layers given a bias to absorb folded constants
+    kept: list = field(default_factory=list)  # {"layer", "channels", "of", "reason"}: zeros left in place
 
 
 def remove_dead_channels(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list, list, list]:
     """Prune, in place, every removable channel of `model`. Returns (layer name, layer, output
     channels before, after) for each layer whose output channels changed, the pruning history
-    that replays it, and the layers that got a bias to absorb folded constants. A layer always keeps one channel so that its shape stays valid;
-    wholly dead residual branches are removed before this pass."""
-    with torch.enable_grad():
-        DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    that replays it, and the layers that got a bias to absorb folded constants. A layer always
+    keeps one channel so that its shape stays valid; wholly dead residual branches are removed
+    before this pass. `prune_dead_channels` also says which zeros stayed, and why."""
+    result = prune_dead_channels(model, example_inputs)
+    return result.changed, result.history, result.bias_added
+
+
+def prune_dead_channels(model: nn.Module, example_inputs: torch.Tensor,
+                        max_search_steps: int = MAX_SEARCH_STEPS) -> ChannelPruning:
+    """`remove_dead_channels`, with the zeros that stayed (`ChannelPruning.kept`). Module modes,
+    requires_grad flags and memory formats are as they were when it returns."""
+    with kept_state(model):
+        try:
+            DG = build(model, example_inputs, max_search_steps)
+        except Exception as e:  # noqa: BLE001 - the model stays as it is, its zeros listed
+            return ChannelPruning(kept=_all_dead_layers(model, f"the dependency graph failed: {_short(e)}"))
+        probe = torch.cat([example_inputs, torch.randn(example_inputs.shape, generator=torch.Generator()
+                                                       .manual_seed(2)).to(example_inputs)])
+        with torch.no_grad():
+            reference = model(probe)
+        start = Snapshot(model, DG)
+        result = _prune_groups(model, DG, example_inputs, probe, reference, check_each=False)
+        if not _same_output(model, probe, reference):
+            start.restore()
+            result = _prune_groups(model, DG, example_inputs, probe, reference, check_each=True)
+            if not _same_output(model, probe, reference):  # not one group to blame: remove nothing
+                start.restore()
+                result = ChannelPruning(kept=_all_dead_layers(model, "removing them changed the output, "
+                                                                     "and no single group did: all kept"))
+    return result
+
+
+def _prune_groups(model, DG, example_inputs, probe, reference, check_each: bool) -> ChannelPruning:
     names = {m: n for n, m in model.named_modules()}
     before = {m: m.weight.shape[0] for m in model.modules() if isinstance(m, _WEIGHTED)}
-    bias_added = []
-    for group in list(DG.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear])):
-        remove, foldable = removable_channels(DG, group)
-        if foldable:
+    out = ChannelPruning()
+    kept: dict[nn.Module, list] = {}  # layer → [channels, reason]
+    # Per layer, the output channels some group already decided (in its current numbering): a
+    # layer is a root only for the dead channels no earlier group reached.
+    handled: dict[nn.Module, set[int]] = {}
+    for root in [m for m in list(DG.module2node) if isinstance(m, _WEIGHTED)]:
+        if names.get(root) is None:
+            continue
+        pruner = DG.get_pruner_of_module(root)
+        n = pruner.get_out_channels(root)
+        candidates = [c for c in _looks_dead(DG, root) if c not in handled.get(root, ())]
+        if not candidates:
+            continue
+        try:
+            group = DG.get_pruning_group(root, pruner.prune_out_channels, candidates)
+        except SearchBound as e:
+            _keep(kept, root, len(candidates), f"{e}: kept")
+            continue
+        except Exception as e:  # noqa: BLE001
+            _keep(kept, root, len(candidates), f"Torch-Pruning could not group them: {_short(e)}")
+            continue
+        for item in group.items:
+            if DG.is_out_channel_pruning_fn(item.dep.handler) and isinstance(item.dep.target.module, _WEIGHTED):
+                handled.setdefault(item.dep.target.module, set()).update(item.idxs)
+        cand = torch.zeros(n, dtype=torch.bool)
+        cand[candidates] = True
+        if not indices_in_range(DG, group):
+            _keep_group(kept, group, DG, cand, "Torch-Pruning maps their indices out of range (a split or slice)")
+            continue
+        opaque = [DG.opaque[item.dep.target] for item in group.items if item.dep.target in DG.opaque]
+        if opaque:
+            _keep_group(kept, group, DG, cand, f"they pass through {opaque[0]}: coupled, kept")
+            continue
+        a = analyse(DG, group, n)
+        if a.is_output:
+            continue
+        removable, foldable = a.removable & cand, a.foldable & cand
+        snapshot = Snapshot(model, DG)
+        remove = torch.nonzero(removable).flatten().tolist()
+        if foldable.any():
             had_bias = {m for m in model.modules() if isinstance(m, _WEIGHTED) and m.bias is not None}
-            remove = sorted(remove + _fold_constants(model, group, foldable, example_inputs))
-            bias_added += [names[m] for m in model.modules() if isinstance(m, _WEIGHTED) and m.bias is not None
-                           and m not in had_bias]
-        n = len(group[0].idxs)
+            folded = fold_constants(model, group, torch.nonzero(foldable).flatten().tolist(), example_inputs)
+            remove = sorted(remove + folded)
+            added = [m for m in model.modules() if isinstance(m, _WEIGHTED) and m.bias is not None and m not in had_bias]
+        else:
+            added = []
         if len(remove) == n:
             remove = remove[1:]
+        remove, grouped_why = _equal_per_conv_group(group, DG, remove)
+        removed = torch.zeros(n, dtype=torch.bool)
         if remove:
-            # Group.prune(idxs=…) would also record the full group in the history; this records
-            # exactly what was removed, so the history replays on a fresh model.
-            root = group[0].dep
-            DG.get_pruning_group(root.target.module, root.handler, remove).prune()
-    changed = [(names[m], m, b, m.weight.shape[0]) for m, b in before.items() if m.weight.shape[0] != b]
-    return changed, [list(h) for h in DG.pruning_history()], bias_added
+            try:
+                # Group.prune(idxs=…) would also record the full group in the history; this
+                # records exactly what was removed, so the history replays on a fresh model.
+                pruned = DG.get_pruning_group(root, pruner.prune_out_channels, remove)
+                pruned.prune()
+                if check_each and _unusual(group, DG) and not _same_output(model, probe, reference):
+                    raise _Moved()
+            except Exception as e:  # noqa: BLE001 - undo this group, keep its zeros
+                snapshot.restore()
+                why = "removing them changed the output (a pattern not understood)" if isinstance(e, _Moved) \
+                    else f"Torch-Pruning failed to remove them: {_short(e)}"
+                _keep_group(kept, group, DG, cand, why)
+                continue
+            removed[remove] = True
+            _renumber(handled, pruned, DG)
+        elif added:
+            snapshot.restore()  # constants folded for channels that then stayed: undo the folds
+            added = []
+        out.bias_added += [names[m] for m in added]
+        why = grouped_why or a.why
+        for m, dead in a.writer_dead.items():
+            left = int((dead & cand & ~removed).sum())
+            if left and m in names:
+                _keep(kept, m, left, why)
+    out.changed = [(names[m], m, b, m.weight.shape[0]) for m, b in before.items() if m.weight.shape[0] != b]
+    out.history = [list(h) for h in DG.pruning_history()]
+    out.kept = [{"layer": names[m], "channels": c, "of": _width(m), "reason": r} for m, (c, r) in kept.items()
+                if m in names]
+    return out
+
+
+def _renumber(handled: dict, pruned, DG) -> None:
+    """Channels left after a prune move down by the number removed below them."""
+    for item in pruned.items:
+        m = item.dep.target.module
+        if m in handled and DG.is_out_channel_pruning_fn(item.dep.handler):
+            gone = torch.as_tensor(sorted(set(item.idxs)))
+            handled[m] = {int(i - (gone < i).sum()) for i in handled[m] if i not in set(item.idxs)}
+
+
+def _unusual(group, DG) -> bool:
+    """A group through more than convs, linears, norms and element-wise ops: where Torch-Pruning's
+    index mappings (splits, slices, concats, reshapes, expands, bare parameters) or our grouped
+    rule could be wrong. Only these are checked one by one when the whole pass moved the output
+    (checking every group would cost a forward pass each)."""
+    for item in group.items:
+        m = item.dep.target.module
+        if isinstance(m, (tp.ops._SplitOp, tp.ops._SliceOp, tp.ops._UnbindOp, tp.ops._ExpandOp, tp.ops._ReshapeOp,
+                          tp.ops._ConcatOp, tp.ops._CustomizedOp, nn.Parameter)) or is_grouped(m):
+            return True
+    return False
+
+
+class _Moved(Exception):
+    """The pruned model's output moved."""
+
+
+def _equal_per_conv_group(group, DG, remove: list[int]) -> tuple[list[int], str | None]:
+    """Cut `remove` (root channels) down until every grouped conv of the group loses the same
+    count from each of its groups."""
+    grouped = [item for item in group.items if is_grouped(item.dep.target.module)]
+    if not grouped or not remove:
+        return remove, None
+    keep_set, why = set(remove), None
+    for _ in range(len(grouped) + 1):  # the set only shrinks: a fixed point comes quickly
+        changed = False
+        for item in grouped:
+            m = item.dep.target.module
+            outputs = DG.is_out_channel_pruning_fn(item.dep.handler)
+            hit = [(i, r) for i, r in zip(item.idxs, item.root_idxs) if r in keep_set]
+            allowed = set(equal_per_group(m, [i for i, _ in hit], outputs))
+            dropped = {r for i, r in hit if i not in allowed}
+            if dropped:
+                keep_set -= dropped
+                changed = True
+                why = f"a grouped conv (groups={m.groups}) would lose unequal counts per group: the rest stay"
+        if not changed:
+            break
+    return sorted(keep_set), why
+
+
+def _looks_dead(DG, root: nn.Module) -> list[int]:
+    """Channels of `root`'s output that are zero there, or unread by the layers that read it
+    directly (through its BatchNorm and zero-preserving ops): the only ones worth a search."""
+    w = root.weight.detach()
+    dead = (w.flatten(1) == 0).all(dim=1)
+    node = DG.module2node[root]
+    frontier, seen = list(node.outputs), set()
+    while frontier:
+        nxt = frontier.pop()
+        if nxt in seen or len(seen) > 64:
+            continue
+        seen.add(nxt)
+        m = nxt.module
+        if isinstance(m, nn.BatchNorm2d) and m.num_features == dead.numel():
+            dead |= m.weight.detach() == 0
+            frontier += nxt.outputs
+        elif isinstance(m, _WEIGHTED) and not _is_depthwise(m):
+            in_width = m.weight.shape[1] * (m.groups if isinstance(m, nn.Conv2d) else 1)
+            if in_width == dead.numel():
+                dead |= _columns_zero(m, list(range(in_width)))
+        elif (_preserves_zero(m) and not isinstance(m, _STRUCTURAL)) or _is_depthwise(m) or _is_bn_kernel(m):
+            frontier += nxt.outputs
+    return torch.nonzero(dead).flatten().tolist()
+
+
+_STRUCTURAL = (tp.ops._ConcatOp, tp.ops._SplitOp, tp.ops._ReshapeOp, tp.ops._SliceOp, tp.ops._UnbindOp)
+
+
+def _keep(kept: dict, m: nn.Module, channels: int, reason: str) -> None:
+    if m in kept:
+        kept[m][0] = max(kept[m][0], channels)
+    else:
+        kept[m] = [channels, reason]
+
+
+def _keep_group(kept: dict, group, DG, cand: torch.Tensor, reason: str) -> None:
+    """Every weighted writer of the group with zeros among the candidates keeps them, for `reason`."""
+    try:
+        writers = analyse(DG, group, cand.numel()).writer_dead
+    except (IndexError, RuntimeError):  # indices Torch-Pruning mapped out of range: name the root
+        writers = {}
+    for m, dead in writers.items():
+        left = int((dead & cand).sum())
+        if left:
+            _keep(kept, m, left, reason)
+    if not writers:
+        _keep(kept, group[0].dep.target.module, int(cand.sum()), reason)
+
+
+def _all_dead_layers(model: nn.Module, reason: str) -> list[dict]:
+    rows = []
+    for name, m in model.named_modules():
+        if isinstance(m, _WEIGHTED):
+            dead = int((m.weight.detach().flatten(1) == 0).all(dim=1).sum())
+            if dead:
+                rows.append({"layer": name, "channels": dead, "of": _width(m), "reason": reason})
+    return rows
+
+
+def _same_output(model: nn.Module, probe: torch.Tensor, reference) -> bool:
+    try:
+        with torch.no_grad():
+            y = model(probe)
+    except Exception:  # noqa: BLE001 - a model that no longer runs has certainly moved
+        return False
+    if not isinstance(y, torch.Tensor) or not isinstance(reference, torch.Tensor) or y.shape != reference.shape:
+        return False
+    scale = float(reference.abs().max())
+    return float((y - reference).abs().max()) <= _RTOL * max(scale, 1e-12)
+
+
+def _width(m: nn.Module) -> int:
+    return m.weight.shape[0]
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:120]}" if text else type(e).__name__

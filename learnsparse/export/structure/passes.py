@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from learnsparse.layer_types import has_fact
 from learnsparse.models.residual_blocks import residual_blocks
 from learnsparse.nn.lowered_conv import LoweredConv2d
 
-from .channel_pruning import remove_dead_channels
+from . import dependency_graph
+from .channel_pruning import prune_dead_channels
 from .dead_branches import dead_branch_names, shortcut_only
 from .fold_batchnorm import fold_batchnorms
 from .fold_permutations import fold_output_permutations
 from .lowering import lowered_fibres
+from .module_state import kept_state
 
 def _has_dead_structure(model: nn.Module) -> bool:
     """Cheap check so models without structured zeros skip the dependency graph. Models that
@@ -42,6 +43,23 @@ def _has_dead_structure(model: nn.Module) -> bool:
     return False
 
 
+def _kept_note(kept: dict | None) -> str:
+    return f" ({kept['channels']} zero channels kept: {kept['reason']})" if kept else ""
+
+
+def no_conv_structure(model: nn.Module) -> str | None:
+    """A one-line reason for models the structure passes cannot apply to: transformers (ViT,
+    Swin), whose only spatial conv is the patch embedding and whose LayerNorms and attention
+    mix every channel."""
+    spatial = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    attention = any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    norms = any(isinstance(m, nn.LayerNorm) for m in model.modules())
+    if len(spatial) <= 1 and (attention or norms):
+        return ("no conv structure to remove: one conv (the patch embedding), then attention and LayerNorm, "
+                "which mix every channel")
+    return None
+
+
 def remove_structure(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[tuple[str, str, str]], dict]:
     """Apply the passes in place. Returns report rows (layer, before, after) and the edits."""
     rows: list[tuple[str, str, str]] = []
@@ -51,10 +69,19 @@ def remove_structure(model: nn.Module, example_inputs: torch.Tensor) -> tuple[li
         model.set_submodule(name, shortcut_only(blocks[name]))
         rows.append((name, type(blocks[name]).__name__, "ShortcutOnly"))
         edits["shortcut_only"].append(name)
-    if _has_dead_structure(model):
-        pruned, history, bias_added = remove_dead_channels(model, example_inputs)
-        rows += [(n, f"{type(m).__name__} ×{b}", f"{type(m).__name__} ×{a}") for n, m, b, a in pruned]
-        edits["pruning_history"], edits["bias_added"] = history, bias_added
+    note = no_conv_structure(model)
+    if note:
+        rows.append(("", type(model).__name__, note))
+    elif _has_dead_structure(model):
+        channels = prune_dead_channels(model, example_inputs)
+        kept = {k["layer"]: k for k in channels.kept}
+        for n, m, b, a in channels.changed:
+            rows.append((n, f"{type(m).__name__} ×{b}", f"{type(m).__name__} ×{a}" + _kept_note(kept.pop(n, None))))
+        for n, k in kept.items():
+            kind = type(model.get_submodule(n)).__name__
+            rows.append((n, f"{kind} ×{k['of']}", f"{kind} ×{k['of']}" + _kept_note(k)))
+        edits["pruning_history"], edits["bias_added"] = channels.history, channels.bias_added
+        edits["kept_zeros"] = channels.kept
     for name, lowered in lowered_fibres(model).items():
         conv = model.get_submodule(name)
         model.set_submodule(name, lowered)
@@ -75,9 +102,10 @@ def replay(model: nn.Module, edits: dict, example_inputs: torch.Tensor) -> None:
         layer = model.get_submodule(name)
         layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]))
     if edits.get("pruning_history"):
-        with torch.enable_grad():
-            DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
-        DG.load_pruning_history(edits["pruning_history"])
+        # The same graph the pass used (its grouped-conv pruner, its opaque reshapes).
+        DG = dependency_graph.build(model, example_inputs)
+        with kept_state(model):
+            DG.load_pruning_history(edits["pruning_history"])
     for name, fibres in edits.get("lowered", {}).items():
         conv = model.get_submodule(name)
         weight = torch.zeros(conv.out_channels, len(fibres))
