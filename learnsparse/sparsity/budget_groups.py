@@ -102,13 +102,17 @@ def setting_for_budget(model: nn.Module, budget: Budget, input_shape: list[int],
 
 
 def budget_setting(model: nn.Module, budget: dict | None, method: str, groups: int, include=None, exclude=None,
-                   balanced: bool = False) -> int | None:
-    """The plugins' call: the setting a budget picks, or None without one (the configured setting stays)."""
+                   balanced: bool = False) -> tuple[int | None, dict | None]:
+    """The plugins' call: (the setting a budget picks, the record of it: sparsity/budget_record.py),
+    or (None, None) without one (the configured setting stays)."""
     parsed = Budget.from_config(budget)
     if parsed is None:
-        return None
+        return None, None
     shape = (budget or {}).get("input_shape")
     if not shape:
         raise ValueError(f"{parsed.describe()}: {method} needs the input shape to count the cost (budget.input_shape)")
-    setting, _ = setting_for_budget(model, parsed, list(shape), method, groups, include, exclude, balanced)
-    return setting
+    work = copy.deepcopy(model).cpu().eval()
+    dense = _cost(work, torch.zeros(1, *shape), parsed.kind if parsed.kind != "latency" else "macs")
+    setting, achieved = setting_for_budget(model, parsed, list(shape), method, groups, include, exclude, balanced)
+    return setting, {"kind": parsed.kind, "fraction": parsed.fraction, "dense": dense, "achieved": achieved,
+                     "setting": {"condense_factor" if method == "lgc" else "groups": setting}}

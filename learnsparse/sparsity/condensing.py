@@ -19,6 +19,7 @@ from learnsparse.nn.learned_group_conv import LearnedGroupConv
 from .condense_in_training import choose_before_training, swap_facts, swap_in_training
 from .trainable_forms import RULE, check_choice
 from .connectivity import connectivity_image
+from .budget_record import record_metrics, record_state, restore_record
 
 log = logging.getLogger("learnsparse")
 SWAP_METHOD = "lgc"  # sparsity=condensenet and sparsity=lgc alike
@@ -113,6 +114,7 @@ class CondensingSchedule(HookBase):
             m["lgc_connections_kept"] = kept / sum(layer.mask.numel() for _, layer in self.layers)
         else:
             m["lgc_connections_kept"] = self.swapped["kept"]
+        m.update(record_metrics(self))
 
     def _log_connectivity(self) -> None:
         if not self.log_images or self.trainer is None or not self.trainer.events.enabled:
@@ -123,10 +125,12 @@ class CondensingSchedule(HookBase):
     def state_dict(self) -> dict:
         # Masks and stages are model buffers and travel with the weights; this records the
         # schedule's own settings so a resumed run can tell if they changed.
-        return {"condense_fraction": self.condense_fraction, "stages": self.stages(), "forms": self.forms}
+        return {"condense_fraction": self.condense_fraction, "stages": self.stages(), "forms": self.forms,
+                **record_state(self)}
 
     def load_state_dict(self, state: dict) -> None:
         self.forms = state.get("forms", self.forms)
+        restore_record(self, state)  # a budget's choice (lgc), if any
         if abs(state.get("condense_fraction", self.condense_fraction) - self.condense_fraction) > 1e-12:
             log.warning("condensing: resumed with condense_fraction %s (checkpoint had %s)",
                         self.condense_fraction, state["condense_fraction"])

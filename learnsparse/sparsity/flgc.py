@@ -25,6 +25,7 @@ from learnsparse.learned_grouping import sparsify
 from .condense_in_training import choose_before_training, swap_in_training, swapped_by
 from .trainable_forms import DEPLOYED, RULE, check_choice
 from .budget_groups import budget_setting
+from .budget_record import record_metrics, record_state, restore_record
 from .condensing import SWAP_METHOD, CondensingSchedule
 from .connectivity import connectivity_image
 
@@ -49,7 +50,8 @@ class FLGCSchedule(HookBase):
         # A model rebuilt after the in-training swap has its layers in deployed form already.
         self.swapped = bool(swapped_by(model, "flgc"))
         if not self.swapped and not any(isinstance(m, FLGConv) for m in model.modules()):
-            groups = budget_setting(model, budget, "flgc", groups, include, exclude, balanced) or groups
+            picked, self.budget_record = budget_setting(model, budget, "flgc", groups, include, exclude, balanced)
+            groups = picked or groups
             sparsify(model, "flgc", groups=groups, include=include, exclude=exclude, balanced=balanced,
                      temperature=temperature)
         self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, FLGConv)]
@@ -117,6 +119,7 @@ class FLGCSchedule(HookBase):
         metrics = self.trainer.epoch_metrics
         metrics["flgc_assignments_changed_pct"] = 100.0 * changed / max(1, total)
         metrics["flgc_frozen"] = int(self.frozen)
+        metrics.update(record_metrics(self))
         if self.log_images and self.trainer.events.enabled:
             for name, m in self.layers:
                 self.trainer.events.put_image(f"flgc_connectivity/{name}", connectivity_image(m),
@@ -124,10 +127,11 @@ class FLGCSchedule(HookBase):
 
     def state_dict(self) -> dict:
         # Logits and frozen assignments are model parameters/buffers and travel with the weights.
-        return {"learn_fraction": self.learn_fraction, "frozen": self.frozen, "forms": self.forms}
+        return {"learn_fraction": self.learn_fraction, "frozen": self.frozen, "forms": self.forms, **record_state(self)}
 
     def load_state_dict(self, state: dict) -> None:
         self.forms = state.get("forms", self.forms)
+        restore_record(self, state)
 
 
 def LGCSchedule(model: nn.Module, groups: int = 4, condense_factor: int = 4, include: list[str] | None = None,
@@ -136,9 +140,13 @@ def LGCSchedule(model: nn.Module, groups: int = 4, condense_factor: int = 4, inc
                 trainable_form: str = RULE, budget: dict | None = None) -> CondensingSchedule:
     """`sparsity=lgc`: LearnedGroupConv in place of matching convs, condensed on CondenseNet's schedule.
     A model that has them already (rebuilt from a checkpoint's record) keeps them."""
+    record = None
     if not swapped_by(model, SWAP_METHOD) and not any(isinstance(m, LearnedGroupConv) for m in model.modules()):
-        condense_factor = budget_setting(model, budget, "lgc", groups, include, exclude) or condense_factor
+        picked, record = budget_setting(model, budget, "lgc", groups, include, exclude)
+        condense_factor = picked or condense_factor
         sparsify(model, "lgc", groups=groups, condense_factor=condense_factor, include=include, exclude=exclude)
-    return CondensingSchedule(model, condense_fraction=condense_fraction, group_lasso=group_lasso,
-                              log_images=log_images, condense_in_training=condense_in_training,
-                              trainable_form=trainable_form)
+    schedule = CondensingSchedule(model, condense_fraction=condense_fraction, group_lasso=group_lasso,
+                                  log_images=log_images, condense_in_training=condense_in_training,
+                                  trainable_form=trainable_form)
+    schedule.budget_record = record  # metrics and checkpoint state (sparsity/budget_record.py)
+    return schedule
