@@ -1,6 +1,9 @@
 """Knowledge distillation (`distill=kd`): the loss term, the teacher, resume, every method."""
 import json
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -192,3 +195,18 @@ def test_bad_distill_settings_name_the_setting(tiny_cfg, dense, overrides, messa
     with pytest.raises(UserError) as e:
         build_model_and_plugins(cfg, find_start(cfg))
     assert message in str(e.value)
+
+
+def test_kd_under_two_process_ddp_keeps_the_ranks_identical(tmp_path, dense):
+    """Each rank runs its own teacher on its own shard; DDP averages the students' gradients."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29523",
+           "-m", "learnsparse.cli", *TINY, *LENET, "distill=kd", f"distill.teacher={dense}",
+           "trainer.channels_last=true", "trainer.epochs=1", f"hydra.run.dir={tmp_path}/run",
+           "+callbacks.save._target_=tests.helpers.SaveWeightsAtEnd", f"+callbacks.save.directory={tmp_path}/weights"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0 = torch.load(tmp_path / "weights/rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "weights/rank1.pt", weights_only=True)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert _metrics(tmp_path / "run")[-1]["train_loss_kd"] > 0
