@@ -184,7 +184,7 @@ def test_budget_run_logs_and_reports_target_and_achieved(tiny_cfg, tmp_path):
     assert "budget: macs 0.5" in report["table"]
 
 
-@pytest.mark.parametrize("shrink", ["false", "true"])
+@pytest.mark.parametrize("shrink", [pytest.param("false", marks=pytest.mark.slow), "true"])
 def test_budget_run_resumes_bit_exactly(tiny_cfg, tmp_path, shrink):
     """With the network trained thinner after each increment (`shrink_in_training`, the default) and without."""
     from learnsparse.engine import NonFiniteLossError

@@ -31,9 +31,10 @@ def _cost(model: nn.Module, example: torch.Tensor, what: str) -> float:
     return float(flops_by_module(model, example)[""] // 2) if what == "macs" else float(count_params(model))
 
 
-def _predicted(model: nn.Module, example: torch.Tensor, what: str, method: str, setting: int, groups: int,
-               include, exclude) -> tuple[float, list[str]]:
-    """The cost the export would have with this setting, from each replaced conv's dense cost."""
+def _predicted(model: nn.Module, per_layer: dict[str, int], total: float, what: str, method: str, setting: int,
+               groups: int, include, exclude) -> tuple[float, list[str]]:
+    """The cost the export would have with this setting, from each replaced conv's dense cost
+    (`per_layer`: MACs by module; `total`: the network's)."""
     trial = copy.deepcopy(model)
     kwargs = {"groups": setting, "condense_factor": 1} if method == "flgc" else \
         {"groups": groups, "condense_factor": setting}
@@ -41,8 +42,6 @@ def _predicted(model: nn.Module, example: torch.Tensor, what: str, method: str, 
         replaced = sparsify(trial, method, include=include, exclude=exclude, **kwargs)["replaced"]
     except ValueError:
         return float("inf"), []
-    per_layer = {k: v // 2 for k, v in flops_by_module(model, example).items()} if what == "macs" else {}
-    total = _cost(model, example, what)
     for name in replaced:
         conv = model.get_submodule(name)
         dense = per_layer.get(name, 0) if what == "macs" else conv.weight.numel()
@@ -86,9 +85,10 @@ def setting_for_budget(model: nn.Module, budget: Budget, input_shape: list[int],
     example = torch.zeros(1, *input_shape)
     dense = _cost(work, example, what)
     target = budget.fraction * dense
+    per_layer = {k: v // 2 for k, v in flops_by_module(work, example).items()} if what == "macs" else {}
     best = None
     for setting in range(2, _MAX_SETTING + 1):
-        predicted, replaced = _predicted(work, example, what, method, setting, groups, include, exclude)
+        predicted, replaced = _predicted(work, per_layer, dense, what, method, setting, groups, include, exclude)
         best = predicted if best is None else min(best, predicted)
         if predicted > target * (1 + 1e-9):
             continue
