@@ -24,6 +24,8 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
+from learnsparse.engine.distributed import broadcast_object
+
 from .layer_pairs import batchnorm_after
 from .budget_cost import BudgetUnreachable, apply_dead, cost_model, dead_entries, exported_cost, select
 
@@ -155,18 +157,21 @@ def choose_dead(model: nn.Module, example: torch.Tensor, chosen: set[str], kinds
     raise BudgetUnreachable(f"the export keeps {measured:,.0f} where the budget allows {target:,.0f}")
 
 
-def latency_ratio(before: nn.Module, after: nn.Module, budget: Budget, example: torch.Tensor) -> float:
-    """after's latency / before's, both exported, timed side by side in the budget's runtime."""
+def latency_ratio(before: nn.Module, after: nn.Module, budget: Budget, example: torch.Tensor,
+                  device: torch.device | None = None) -> float:
+    """after's latency / before's, both exported, timed side by side in the budget's runtime on
+    `device` (the training device: a GPU run times on its GPU)."""
     from learnsparse.export.runtimes import interleaved_ms, runner, target_runtime
     from learnsparse.export.structure.passes import remove_structure
 
     runtime = target_runtime(budget.target).name
-    x = example[:1].expand(budget.batch, *example.shape[1:]).contiguous()
+    device = device or torch.device("cpu")
+    x = example[:1].expand(budget.batch, *example.shape[1:]).contiguous().to(device)
     models = {}
     for key, m in (("before", before), ("after", after)):
-        m = copy.deepcopy(m).eval()
-        remove_structure(m, example[:1])
-        models[key] = m
+        m = working_copy(m)
+        remove_structure(m, example[:1].cpu())  # the export's passes, on CPU as the export runs them
+        models[key] = m.to(device)
     with tempfile.TemporaryDirectory() as work, torch.no_grad():
         threads = torch.get_num_threads()
         ms = interleaved_ms({k: runner(m, runtime, x, threads, Path(work)) for k, m in models.items()}, rounds=21)
@@ -179,6 +184,7 @@ def choose_for_latency(model: nn.Module, example: torch.Tensor, chosen: set[str]
     a bisection over MACs targets, each export timed against `model`'s. Returns (that
     fraction, the latency ratio measured there)."""
     dense = network_cost(model, example, "macs")
+    device = next(model.parameters()).device
     lo, hi, best = 0.02, 1.0, None
     for _ in range(6):
         mid = (lo + hi) / 2
@@ -189,7 +195,7 @@ def choose_for_latency(model: nn.Module, example: torch.Tensor, chosen: set[str]
             continue
         trial = working_copy(model)
         apply_dead(trial, [(n, None, k, t) for n, _, k, t in dead])
-        ratio = latency_ratio(working_copy(model), trial, budget, example)
+        ratio = latency_ratio(working_copy(model), trial, budget, example, device=device)
         if ratio <= want:
             best, lo = (mid, ratio), mid
         else:
@@ -248,6 +254,8 @@ def budget_dead_groups(plugin) -> list:
                 current = network_cost(plugin.model, example, "macs")
                 fraction, ratio = choose_for_latency(plugin.model, example, chosen, kinds, budget,
                                                      budget.fraction_at(step) / before, plugin.round_to)
+                # Each rank timed its own; all take rank 0's, so they freeze the same masks.
+                fraction, ratio = broadcast_object((fraction, ratio))
                 state.chosen_macs[step] = fraction * current / state.dense
                 state.latency[step] = before * ratio
             target = state.chosen_macs[step] * state.dense
