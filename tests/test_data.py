@@ -119,16 +119,69 @@ def _epochs(loader, generator, epochs):
 
 def test_augmented_batches_do_not_depend_on_the_workers(tmp_path):
     """CIFAR's random crops and flips: a persistent pool that lived through epochs 0-1, a fresh
-    pool started at epoch 2 (a resumed run), and one or no worker give the same epoch 2."""
+    pool started at epoch 2 (a resumed run), one worker and none give the same epochs."""
     write_cifar10(tmp_path, n_train=40, n_test=10)
     lived = _epochs(*_cifar_loader(tmp_path, 2), range(3))
     resumed = _epochs(*_cifar_loader(tmp_path, 2), [2])
     one = _epochs(*_cifar_loader(tmp_path, 1, persistent=False), range(3))
+    none = _epochs(*_cifar_loader(tmp_path, 0), range(3))
     assert torch.equal(lived[2], resumed[2])
-    assert all(torch.equal(lived[e], one[e]) for e in range(3))
+    assert all(torch.equal(lived[e], one[e]) and torch.equal(lived[e], none[e]) for e in range(3))
     assert not torch.equal(lived[1], lived[2])  # a new epoch: a new order and new crops
     other_seed = _epochs(*_cifar_loader(tmp_path, 1, seed=6), [2])
     assert not torch.equal(lived[2], other_seed[2])
+
+
+def test_loading_without_workers_leaves_the_main_streams_alone(tmp_path):
+    """With num_workers=0 the per-sample seeding runs in the main process: the torch, random and
+    numpy streams that dropout and the checkpoint's RNG state follow come out as they went in,
+    after a training epoch and after an evaluation."""
+    import random
+
+    write_cifar10(tmp_path, n_train=40, n_test=10)
+    from learnsparse.engine.distributed import DistEnv
+    from learnsparse.engine.loaders import build_loaders
+
+    train, val, _ = build_loaders(cifar10(str(tmp_path)), batch_size=8, eval_batch_size=8, num_workers=0,
+                                  pin_memory=False, device=torch.device("cpu"), dist_env=DistEnv(), seed=5)
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    for loader in (train, val):
+        assert sum(len(x) for x, _ in loader) in (40, 10)
+        assert torch.equal(torch.get_rng_state(), before[0])
+        assert random.getstate() == before[1] and np.array_equal(np.random.get_state()[1], before[2])
+        assert np.random.get_state()[2] == 624  # the position too: nothing drawn since the seed
+
+
+def test_training_does_not_depend_on_the_workers_even_across_a_resume(tmp_path):
+    """CIFAR files, crops and flips: 2 epochs with no workers end with the weights of a run with
+    2 workers killed mid-epoch 1 and resumed from its step checkpoint with no workers."""
+    import signal
+
+    from learnsparse.engine.checkpoint_io import load_checkpoint
+
+    from .cli_runner import run_cli
+    from .resume_checks import assert_same_training
+
+    write_cifar10(tmp_path / "data", n_train=40, n_test=10)
+    # 40 images, batch 16: 3 steps an epoch. A step checkpoint after each step; step 5 is killed
+    # before its own, so the run resumes from step 4, the first step of epoch 1.
+    common = ["trainer.device=cpu", "logger=none", "model=lenet5", "data=cifar10", f"data.root={tmp_path / 'data'}",
+              "data.batch_size=16", "data.eval_batch_size=16", "trainer.epochs=2", f"paths.log_dir={tmp_path}"]
+    none = run_cli(*common, "data.num_workers=0", f"hydra.run.dir={tmp_path}/none", tiny=False)
+    assert none.returncode == 0, none.stderr[-2000:]
+    killed = run_cli(*common, "data.num_workers=2", "trainer.checkpoint.every_steps=1", f"hydra.run.dir={tmp_path}/two",
+                     "+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=5", tiny=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    step = load_checkpoint(tmp_path / "two/checkpoints/last.pt")
+    assert (step["iter"], step["epoch"], step["epoch_step"]) == (4, 1, 1)  # mid-epoch: its RNG state restored
+    resumed = run_cli(*common, "data.num_workers=0", "trainer.checkpoint.every_steps=1", f"hydra.run.dir={tmp_path}/two",
+                      "trainer.resume=auto", tiny=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_checkpoint(tmp_path / "none/checkpoints/last.pt")
+    b = load_checkpoint(tmp_path / "two/checkpoints/last.pt")
+    assert a["iter"] == b["iter"] == 6
+    assert_same_training(a, b)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "fashion_mnist", "imagenet", "synthetic"])

@@ -10,16 +10,19 @@ draws none. So here
 
 - `EpochShuffle` orders the indices with a generator of its own, seeded by (seed, epoch);
 - every sample is drawn from its own stream: `SeededSampler` passes `(index, seed)` pairs and
-  `SeededDataset` seeds the worker's `torch`, `random` and `numpy` generators from that seed
-  before it calls the dataset.
+  `SeededDataset` seeds the `torch`, `random` and `numpy` generators (a worker's, or the main
+  process's) from that seed before it calls the dataset.
 
-The same images, in the same order, whatever the number of workers, persistent or not, and
-wherever a run was resumed. Only workers are reseeded: in the main process (`num_workers=0`)
-the trainer's per-epoch seeding already fixes the stream, and the model's own randomness
-(dropout) must not be reset per sample.
+The same images, in the same order, whatever the number of workers (none included),
+persistent or not, and wherever a run was resumed. In the main process (`num_workers=0`) the
+generators are the trainer's too: dropout draws from them, and a step checkpoint saves them.
+There a batch is loaded between a save of their states and a restore, so loading draws nothing
+from the trainer's streams, as with workers, and a run with no workers trains on the same
+images, and with the same dropout, as one with 4.
 """
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -89,7 +92,7 @@ class SeededSampler(Sampler):
 
 
 class SeededDataset(Dataset):
-    """`dataset[index]`, with the random generators of a worker seeded from the sample's seed."""
+    """`dataset[index]`, with the random generators seeded from the sample's seed."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -98,18 +101,40 @@ class SeededDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys):
+        """A batch (DataLoader calls this, the fetch of `batch_size` keys, when it exists)."""
+        if get_worker_info() is not None:  # a worker's generators are its own
+            return [self._load(key) for key in keys]
+        # Saved once a batch, not per sample: numpy's state alone costs ~250 us to save and restore.
+        with _streams_kept():
+            return [self._load(key) for key in keys]
+
+    def _load(self, key):
         index, seed = key
-        if get_worker_info() is not None:
-            # The CPU generator alone: torch.manual_seed also seeds every accelerator and costs
-            # ~100x more (120 us against 1 us per sample).
-            torch.random.default_generator.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % (1 << 32))
+        # The CPU generator alone: torch.manual_seed also seeds every accelerator and costs
+        # ~100x more (120 us against 1 us per sample).
+        torch.random.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % (1 << 32))
         return self.dataset[index]
 
     def __getattr__(self, name: str):
-        # Not dunders: DataLoader would take the wrapped dataset's batched `__getitems__`, which
-        # knows nothing of (index, seed) keys. Nor `dataset` before it is set (unpickling).
+        # Not dunders: protocols are this class's own (the wrapped dataset's batched `__getitems__`
+        # knows nothing of (index, seed) keys). Nor `dataset` before it is set (unpickling).
         if name.startswith("__") or name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+@contextlib.contextmanager
+def _streams_kept():
+    """The main process's CPU `torch`, `random` and `numpy` states, as they were before."""
+    states = torch.random.default_generator.get_state(), random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.random.default_generator.set_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])

@@ -50,5 +50,9 @@ def build_loaders(bundle: DataBundle, *, batch_size: int, eval_batch_size: int |
     train_sampler = SeededSampler(ResumableSampler(train_sampler), seed)
     train = DataLoader(SeededDataset(bundle.train), batch_size, sampler=train_sampler,
                        generator=generator, **common)
-    val = DataLoader(bundle.val, eval_batch_size or batch_size, shuffle=False, sampler=val_sampler, **common)
+    # A generator of its own: each DataLoader iterator draws a base seed from it, or else from the
+    # global stream, and with no workers (a fresh iterator each evaluation) or a fresh pool that
+    # draw would leave the trainer's stream other than a persistent pool does.
+    val = DataLoader(bundle.val, eval_batch_size or batch_size, shuffle=False, sampler=val_sampler,
+                     generator=torch.Generator().manual_seed(seed), **common)
     return train, val, generator
