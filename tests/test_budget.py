@@ -268,3 +268,19 @@ def test_learned_grouping_budget_run_reports_target_and_achieved(tiny_cfg, tmp_p
     assert report["budget"]["achieved"] == pytest.approx(lines[-1]["budget_macs_achieved"],
                                                          rel=1e-9 if method == "lgc" else 0.03)
     assert report["budget"]["achieved"] <= 0.5
+
+
+@pytest.mark.parametrize("name,target", [("resnet20", 0.3), ("user", 0.7),
+                                         pytest.param("vgg16_bn", 0.5, marks=pytest.mark.slow),
+                                         pytest.param("tv_resnet18", 0.7, marks=pytest.mark.slow)])
+def test_trained_on_synthetic_data_the_export_meets_the_target(tiny_cfg, tmp_path, name, target):
+    """The whole path: SSL on synthetic data, the budget's cut, training on thinner, then
+    learnsparse-export's report."""
+    cfg = tiny_cfg(*([] if name == "user" else [f"model={name}"]), "sparsity=[ssl_filter_channel,threshold]",
+                   f"budget.macs={target}", "trainer.epochs=1")
+    if name == "user":
+        cfg.model = OmegaConf.create(USER_MODEL)
+    train(cfg)
+    report = export(tmp_path / "run" / "checkpoints" / "last.pt", formats=["pt"], measure=False, latency_rounds=2)
+    assert 0.95 * target <= report["budget"]["achieved"] <= target
+    assert report["budget"]["exported"] == report["macs_after"]
