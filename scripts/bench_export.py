@@ -23,35 +23,14 @@ import copy
 
 import torch
 
-from learnsparse.end_state import at_end_state
 from learnsparse.export import condense
 from learnsparse.export.measure import count_params, interleaved_latency, macs_by_module
 from learnsparse.export.registry import convert_modules, converter_for
-from learnsparse.models import create_model
 from learnsparse.models.condensenet import DenseBlock
-from learnsparse.learned_grouping import sparsify
 from learnsparse.nn import LearnedGroupConv
 from learnsparse.nn.flgc import FLGConv
 
-INPUT = {"condensenet_mini": (1, 28), "condensenet74_c4": (3, 224), "condensenet74_c8": (3, 224)}
-
-
-def trained_model(name: str, seed: int = 0) -> torch.nn.Module:
-    """Random weights and BN statistics, every learned group conv condensed to its last stage."""
-    torch.manual_seed(seed)
-    model = create_model(name, num_classes=1000 if "c4" in name or "c8" in name else 10,
-                         in_channels=INPUT.get(name, (3, 32))[0]).eval()
-    return at_end_state(model)
-
-
-def flgc_model(name: str, groups: int, include: list[str], balanced: bool, in_channels: int,
-               seed: int = 0) -> torch.nn.Module:
-    """A model whose matching convs are FLGConv with random (frozen) assignments."""
-    torch.manual_seed(seed)
-    model = create_model(name, num_classes=10, in_channels=in_channels).eval()
-    sparsify(model, "flgc", groups=groups, include=include, balanced=balanced)
-    return at_end_state(model)
-
+from bench_cases import INPUT, flgc_model, trained_model
 
 def straightforward_conversion(model: torch.nn.Module) -> torch.nn.Module:
     """Per-layer conversion only (no dense-block rewrite): the reference's structure."""

@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import copy
 import io
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -48,8 +47,7 @@ from learnsparse.export.runtimes import interleaved_ms, runner
 from learnsparse.models.condensenet import DenseLayer
 from learnsparse.nn.channel_ops import select_channels
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_deploy import CASES as DEPLOY_CASES  # noqa: E402  (the same models, twins and targets)
+from bench_cases import CASES as DEPLOY_CASES  # the same models and twins as bench_deploy.py
 
 
 class Reorder(nn.Module):
@@ -106,7 +104,7 @@ def gathers(model: nn.Module, x: torch.Tensor, work: Path) -> int:
 
     from learnsparse.export.artifacts import save_onnx
     path = work / "count.onnx"
-    save_onnx(path, model.eval(), x[:1])
+    save_onnx(model.eval(), x[:1], path)
     return sum(n.op_type == "Gather" for n in onnx.load(str(path)).graph.node)
 
 

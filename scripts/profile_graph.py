@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,15 +21,14 @@ import onnxruntime as ort
 import torch
 
 from learnsparse.export import condense_with_details, dense_equivalent
-from learnsparse.export.artifacts import save_onnx
+from learnsparse.export import save_onnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_deploy import CASES  # noqa: E402
+from bench_cases import CASES
 
 
 def profile(model: torch.nn.Module, x: torch.Tensor, threads: int, runs: int, work: Path, name: str) -> dict:
     path = work / f"{name}.onnx"
-    save_onnx(path, model.eval(), x)
+    save_onnx(model.eval(), x, path)
     nodes = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

@@ -188,7 +188,7 @@ def test_condensed_file_and_pt2_rebuild_the_structure(tmp_path, name):
     rebuilt = load(tmp_path / "condensed.pt")
     _assert_equal(result.model, rebuilt, x)
     assert count_params(rebuilt) == count_params(result.model)
-    save_pt2(tmp_path / "model.pt2", result.model, x)
+    save_pt2(result.model, x, tmp_path / "model.pt2")
     program = torch.export.load(str(tmp_path / "model.pt2"))
     _assert_equal(result.model, program.module(), torch.cat([x, x]))
 

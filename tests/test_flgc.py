@@ -226,8 +226,8 @@ def test_uneven_flgc_export_round_trips_through_pt2_and_onnx(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     deployed = condense_with_details(model, x).model
     assert any(isinstance(m, PermutedGroupConv) and m.layout == "split" for m in deployed.modules())
-    assert save_onnx(tmp_path / "model.onnx", deployed, x)[0] < 1e-4
-    save_pt2(tmp_path / "model.pt2", deployed, x)
+    assert save_onnx(deployed, x, tmp_path / "model.onnx")[0] < 1e-4
+    save_pt2(deployed, x, tmp_path / "model.pt2")
     program = torch.export.load(str(tmp_path / "model.pt2"))
     y = torch.randn(5, 3, 32, 32)
     with torch.no_grad():

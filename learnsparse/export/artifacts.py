@@ -72,8 +72,11 @@ def graph_form(deployed: nn.Module) -> nn.Module:
     return copy.deepcopy(deployed).to(memory_format=torch.contiguous_format).eval()
 
 
-def save_pt2(path: Path, deployed: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    """torch.export with a dynamic batch dimension; loads with torch.export.load alone."""
+def save_pt2(deployed: nn.Module, example: torch.Tensor, path: str | Path) -> torch.export.ExportedProgram:
+    """`deployed` (from `condense` or `load`) as a torch.export program with a dynamic batch
+    dimension, written to `path` (it loads with torch.export.load alone); returns the program."""
+    path = Path(path)
+    example = _example(example)
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
         program = torch.export.export(graph_form(deployed), (example.contiguous(),), dynamic_shapes=({0: batch},))
@@ -101,15 +104,28 @@ def quiet_onnx_export():
             q.setLevel(level)
 
 
+def _example(example) -> torch.Tensor:
+    """The example batch, given bare or as torch.export's tuple of one tensor."""
+    if isinstance(example, (tuple, list)) and len(example) == 1:
+        example = example[0]
+    if not isinstance(example, torch.Tensor):
+        raise TypeError(f"example: a tensor (a batch of the model's inputs), got {type(example).__name__}")
+    return example
+
+
 # Protocol buffers cannot hold 2 GiB; below this the weights go inside model.onnx itself, so
 # the one file is the whole model.
 ONNX_EMBED_LIMIT = 1_800_000_000
 
 
-def save_onnx(path: Path, deployed: nn.Module, example: torch.Tensor, rtol: float = 1e-5) -> tuple[float, list[str]]:
-    """Export to ONNX and check it with onnxruntime; returns the max difference found and the
-    files written: `model.onnx` alone, or with `model.onnx.data` when the weights are too
-    large to embed (both files are then needed, side by side)."""
+def save_onnx(deployed: nn.Module, example: torch.Tensor, path: str | Path,
+              rtol: float = 1e-5) -> tuple[float, list[str]]:
+    """`deployed` (from `condense` or `load`) as ONNX with a dynamic batch dimension, written to
+    `path` and checked with onnxruntime; returns the max difference found and the files
+    written: `path` alone, or with `path.data` when the weights are too large to embed (both
+    files are then needed, side by side)."""
+    path = Path(path)
+    example = _example(example)
     try:
         import numpy as np
         import onnxruntime as ort

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -13,7 +15,9 @@ from . import (condensenet_converter, connectivity_converter, flgc_converter, ig
                lgc_converter)  # (built-in layer types)
 from .classifier import last_linear, prune_classifier_inputs
 from .registry import convert_modules
+from .runtimes import target_runtime
 from .tactics import DENSE, SPARSE, choose_tactics, whole_model_ms
+from .thinned_widths import choose_widths
 from .structure.passes import remove_structure
 from .verify import check_equivalent, max_difference, verification_inputs
 
@@ -27,6 +31,7 @@ class ExportResult:
     exact: bool = True
     structure: dict = field(default_factory=dict)  # what the structure passes did (replayed by `load`)
     tactics: dict = field(default_factory=dict)  # per learned layer: the form chosen, and why
+    widths: dict = field(default_factory=dict)  # thinned layers: the width form chosen, and why
 
 
 def example_tensor(example_inputs) -> torch.Tensor:
@@ -42,15 +47,33 @@ def example_tensor(example_inputs) -> torch.Tensor:
                                                           if isinstance(example_inputs, (tuple, list)) else ""))
 
 
+# Below this many images, an example is too small a batch to choose forms at: a grouped conv or
+# a Gather that pays off at batch 64 can lose at batch 2, and the reverse.
+SMALL_TACTIC_BATCH = 8
+
+
 def condense_with_details(model: nn.Module, example_inputs, *, classifier_keep: float | None = None,
-                          rtol: float = 1e-5, channels_last: bool = True, target: str | None = None,
+                          rtol: float = 1e-5, channels_last: bool | None = None, target: str | None = None,
                           batch: int | None = None, threads: int | None = None,
                           measure: bool = True) -> ExportResult:
     """`condense`, with what was converted and the measured difference (see ExportResult).
-    `target` ("eager", "onnxruntime", "compile") picks each learned layer's form, sparse or
-    dense, by timing both on the layer's input at `batch` in that runtime (or, with
-    `measure=False`, by a fixed rule); without it every learned layer is deployed sparse."""
+
+    `target` (a registered runtime's target: "eager", "onnxruntime", "compile", "pt2", "aoti")
+    picks each learned layer's form, sparse or dense, by timing both on the layer's input in
+    that runtime (or, with `measure=False`, by a fixed rule); without it every learned layer is
+    deployed sparse. Forms are timed at `batch` images; without `batch`, at the example's own
+    batch — pass the batch you serve (an example of 2 images chooses forms for batch 2), and a
+    warning says so when a target is set and the example holds fewer than 8 images.
+    `channels_last` (default: for `target="eager"` only) stores 4-D weights NHWC, the layout
+    eager PyTorch is fastest in; other exports keep plain weights, which trace to the same graph
+    `save_onnx` writes (graphs have no memory format)."""
     example_inputs = example_tensor(example_inputs)
+    if target and batch is None and example_inputs.shape[0] < SMALL_TACTIC_BATCH:
+        warnings.warn(f"condense(target={target!r}) without `batch` chooses each layer's form at the example's "
+                      f"batch of {example_inputs.shape[0]}; pass batch= the batch you deploy at "
+                      f"(forms that win at batch {example_inputs.shape[0]} can lose at 64)", stacklevel=3)
+    if channels_last is None:
+        channels_last = target is not None and target_runtime(target).channels_last
     modes = {m: m.training for m in model.modules()}
     try:
         tactics = choose_tactics(model.eval(), example_inputs, target, batch, threads, measure) if target else {}
@@ -69,6 +92,11 @@ def condense_with_details(model: nn.Module, example_inputs, *, classifier_keep: 
                 ms = whole_model_ms({k: r.model for k, r in candidates.items()}, example_inputs, target, batch,
                                     threads)
                 result = candidates[min(ms, key=ms.get)]
+        if target and measure and result.structure.get("pruning_history"):
+            # Thinned layers' widths: exact, padded to a multiple of 8 or 16, or dense (thinned_widths.py).
+            model_out, widths = choose_widths(model.eval(), result.model, example_inputs, target, batch, threads,
+                                              rtol, bool(result.structure.get("channels_last")))
+            result = dataclasses.replace(result, model=model_out, widths=widths)
         return result
     finally:
         for m, training in modes.items():  # the caller's model comes back in the mode it was in
@@ -114,7 +142,10 @@ def _condense(trained: nn.Module, example_inputs: torch.Tensor, classifier_keep,
 def condense(model: nn.Module, example_inputs, **options) -> nn.Module:
     """The deployed form of a trained model, proven equal to it on the example and on random
     inputs (max |Δ| ≤ rtol × output scale) unless a lossy option was asked for. The trained
-    model is left as it was, in the mode it was in. Image models come out with channels-last
-    weights unless `channels_last=False`. Options: those of `condense_with_details`
-    (`classifier_keep`, `rtol`, `channels_last`, `target`, `batch`, `threads`, `measure`)."""
+    model is left as it was, in the mode it was in. Image models come out with plain weights,
+    or channels-last ones for `target="eager"` (or `channels_last=True`); `torch.onnx.export` and
+    `torch.export` of the result trace the deployed layers' plain ops either way.
+    With a `target` and no `batch`, forms are timed at the example's batch (a warning under 8
+    images). Options: those of `condense_with_details` (`classifier_keep`, `rtol`,
+    `channels_last`, `target`, `batch`, `threads`, `measure`)."""
     return condense_with_details(model, example_inputs, **options).model

@@ -43,8 +43,9 @@ def convert_dense_layer(layer: DenseLayer) -> CondensedDenseLayer:
     bias = conv1.bias.detach() if conv1.bias is not None else torch.zeros_like(scale)
     conv1.weight.mul_(scale.view(-1, 1, 1, 1))
     conv1.bias = nn.Parameter(bias * scale + norm2.bias - norm2.running_mean * scale)
-    conv2 = layer.conv2.to(memory_format=torch.channels_last)
-    return CondensedDenseLayer(grouped.index, _bn_subset(layer.norm1, grouped.index), conv1, conv2)
+    # conv2 keeps the trained layer's weight layout: `condense` makes the whole network
+    # channels-last for eager PyTorch, and only then (a graph traces plain weights).
+    return CondensedDenseLayer(grouped.index, _bn_subset(layer.norm1, grouped.index), conv1, layer.conv2)
 
 
 def convert_dense_block(block: DenseBlock) -> CondensedDenseBlock | None:

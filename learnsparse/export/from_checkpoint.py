@@ -15,7 +15,7 @@ from learnsparse.errors import UserError, first_line
 from .artifacts import save_condensed, save_onnx, save_pt2
 from .condense import condense_with_details
 from .report import budget_summary, build_report, format_report
-from .runtimes import TARGETS
+from .runtimes import targets
 
 log = logging.getLogger("learnsparse")
 FORMATS = ("pt", "pt2", "onnx")
@@ -104,14 +104,18 @@ def export_checkpoint(cfg) -> dict:
         torch.set_num_threads(previous_threads)  # `threads` is for this export, not the process
 
 
+def _optional_bool(value) -> bool | None:
+    return None if value is None else bool(value)
+
+
 def _export_checkpoint(cfg) -> dict:
     # `formats=pt2` on the command line is a string: one format, not a list of letters.
     formats = [cfg.formats] if isinstance(cfg.formats, str) else list(cfg.formats)
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise UserError(f"formats: unknown {unknown}; choose from {list(FORMATS)}")
-    if cfg.get("target") is not None and cfg.target not in TARGETS:
-        raise UserError(f"target={cfg.target}: choose from {sorted(TARGETS)} (or null: every learned layer sparse)")
+    if cfg.get("target") is not None and cfg.target not in targets():
+        raise UserError(f"target={cfg.target}: choose from {sorted(targets())} (or null: every learned layer sparse)")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     path = resolve_checkpoint(str(cfg.checkpoint))
@@ -123,7 +127,7 @@ def _export_checkpoint(cfg) -> dict:
     batch = int(cfg.get("batch") or cfg.latency_batch)
     target = cfg.get("target", "eager")
     result = condense_with_details(trained, example, classifier_keep=cfg.classifier_keep, rtol=float(cfg.rtol),
-                                   channels_last=bool(cfg.get("channels_last", True)), target=target,
+                                   channels_last=_optional_bool(cfg.get("channels_last")), target=target,
                                    batch=batch, threads=cfg.threads, measure=bool(cfg.get("measure", True)))
     report = build_report(trained, result, example, latency_rounds=int(cfg.latency_rounds), latency_batch=batch,
                           target=target)
@@ -141,10 +145,10 @@ def _export_checkpoint(cfg) -> dict:
         save_condensed(out / "condensed.pt", result.model, model_config, input_shape)
         files["pt"] = str(out / "condensed.pt")
     if "pt2" in formats:
-        save_pt2(out / "model.pt2", result.model, example)
+        save_pt2(result.model, example, out / "model.pt2")
         files["pt2"] = str(out / "model.pt2")
     if "onnx" in formats:
-        report["onnx_max_abs_diff"], onnx_files = save_onnx(out / "model.onnx", result.model, example,
+        report["onnx_max_abs_diff"], onnx_files = save_onnx(result.model, example, out / "model.onnx",
                                                             float(cfg.rtol))
         files["onnx"] = onnx_files[0]
         if len(onnx_files) > 1:  # weights over the protobuf limit: this file must sit beside model.onnx
@@ -155,4 +159,7 @@ def _export_checkpoint(cfg) -> dict:
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(out / "report.json")
     report["table"] = format_report(report)
+    if report["slower_than_dense"]:
+        log.warning("the export runs at %.2fx the dense network's speed in %s (batch %d): slower than dense",
+                    report["speedup"], report["latency_target"], report["latency_batch"])
     return report

@@ -12,7 +12,7 @@ from learnsparse.text_table import format_table
 from .condense import ExportResult
 from .dense_form import dense_equivalent
 from .measure import count_params, macs_by_module
-from .runtimes import TARGETS, interleaved_ms, runner
+from .runtimes import interleaved_ms, runner, target_runtime
 
 
 def build_report(trained: nn.Module, result: ExportResult, example: torch.Tensor, *, latency_rounds: int = 20,
@@ -24,7 +24,7 @@ def build_report(trained: nn.Module, result: ExportResult, example: torch.Tensor
     dense = dense_equivalent(trained)
     macs_before, macs_after = macs_by_module(trained, single), macs_by_module(result.model, single)
     timing_input = single.expand(latency_batch, *single.shape[1:]).contiguous() if latency_batch else example
-    runtime = TARGETS[target or "eager"]
+    runtime = target_runtime(target).name
     with tempfile.TemporaryDirectory() as work:
         threads = torch.get_num_threads()
         latency = interleaved_ms({
@@ -67,7 +67,10 @@ def build_report(trained: nn.Module, result: ExportResult, example: torch.Tensor
         "latency_ms_dense": latency["dense"], "latency_ms_after": latency["exported"],
         "speedup": latency["dense"] / latency["exported"],
         "latency_ms_masked_eager": latency["masked"], "speedup_vs_masked_eager": latency["masked"] / latency["exported"],
-        "tactics": result.tactics,
+        # Said loudly (format_report, and `learnsparse-export` logs a warning): an export that runs
+        # slower than the dense network in the runtime it was made for lost what it promised.
+        "slower_than_dense": latency["exported"] > latency["dense"],
+        "tactics": result.tactics, "widths": result.widths,
         "max_abs_diff": result.max_abs_diff, "output_scale": result.output_scale, "exact": result.exact,
         "layers": rows,
     }
@@ -108,6 +111,14 @@ def format_report(report: dict) -> str:
              f"(export {report['speedup_vs_masked_eager']:.2f}x faster)"]
     if report.get("budget"):
         lines.append(budget_line(report["budget"]))
+    if report.get("slower_than_dense"):
+        lines.insert(0, f"WARNING: the export is SLOWER than the dense network in {report['latency_target']} "
+                        f"({report['speedup']:.2f}x dense at batch {report['latency_batch']}); deploy the dense "
+                        f"network, or export with target={report['latency_target']} measure=true")
+    if report.get("widths"):
+        w = report["widths"]
+        lines.append(f"thinned layers' widths, fastest in {report['latency_target']}: {w['form']} "
+                     f"({len(w['layers'])} layers)")
     if report.get("tactics"):
         chosen = ", ".join(f"{name} {t['form']}" for name, t in report["tactics"].items())
         lines.append(f"form per learned layer, fastest in {report['latency_target']}: {chosen}")

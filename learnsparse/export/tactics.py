@@ -21,7 +21,7 @@ import torch.nn as nn
 from learnsparse.layer_types import layer_type
 
 from .measure import macs_by_module
-from .runtimes import LAYER_RUNTIME, TARGETS, interleaved_ms, runner
+from .runtimes import interleaved_ms, layer_runtime, runner, target_runtime
 
 SPARSE, DENSE = "sparse", "dense"
 RULE_MAC_RATIO = 0.5  # measure=false: sparse when it computes at most this share of the dense MACs
@@ -62,8 +62,7 @@ def layer_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[st
 def choose_tactics(model: nn.Module, example: torch.Tensor, target: str = "eager", batch: int | None = None,
                    threads: int | None = None, measure: bool = True, rounds: int = 11) -> dict[str, dict]:
     """{layer name: {"form": "sparse" | "dense", "ms": {form: ms} (measured), "macs": {form: MACs}}}."""
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {sorted(TARGETS)}, got {target!r}")
+    target_runtime(target)  # an unknown target fails here, before any work
     layers = tactic_layers(model)
     if not layers:
         return {}
@@ -81,8 +80,7 @@ def choose_tactics(model: nn.Module, example: torch.Tensor, target: str = "eager
             macs = {k: int(macs_by_module(m, one)[""]) for k, m in forms.items()}
             choice = {"macs": macs}
             if measure:
-                runtime = LAYER_RUNTIME.get(TARGETS[target], TARGETS[target])
-                runners = {k: runner(m, runtime, inputs[name], threads or torch.get_num_threads(), Path(work))
+                runners = {k: runner(m, layer_runtime(target), inputs[name], threads or torch.get_num_threads(), Path(work))
                            for k, m in forms.items()}
                 choice["ms"] = interleaved_ms(runners, rounds=rounds)
                 choice["form"] = min(choice["ms"], key=choice["ms"].get)
@@ -99,5 +97,5 @@ def whole_model_ms(models: dict[str, nn.Module], example: torch.Tensor, target: 
     x = example[:1].expand(batch or example.shape[0], *example.shape[1:]).contiguous()
     with tempfile.TemporaryDirectory() as work:
         threads = threads or torch.get_num_threads()
-        return interleaved_ms({k: runner(m, TARGETS[target], x, threads, Path(work)) for k, m in models.items()},
+        return interleaved_ms({k: runner(m, target_runtime(target).name, x, threads, Path(work)) for k, m in models.items()},
                               rounds=rounds)

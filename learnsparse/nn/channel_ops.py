@@ -6,15 +6,25 @@ layout, so in a channels-last network every one of them made the next BatchNorm,
 concat convert back (in training, in both directions): CondenseNet-86's deployed layers trained
 twice as slow in channels-last as in NCHW. On a channels-last tensor the channels are the
 innermost dimension, so both reorders run on the NHWC view (one row of channels per pixel) and
-return NHWC. An NCHW input (and
-what `torch.export` and ONNX trace from one) takes the plain ops.
+return NHWC. An NCHW input takes the plain ops, and so does every graph capture (torch.export,
+`torch.onnx.export`, torch.compile, TorchScript tracing) whatever the layout of the tensors it
+traces: a graph has no memory format, and the NHWC view would become Transpose, Reshape and
+GatherElements nodes that graph runtimes cannot fuse (they pick their own layouts).
 """
 from __future__ import annotations
 
 import torch
 
 
+def capturing_graph() -> bool:
+    """True while torch.export, the ONNX exporters, torch.compile or torch.jit.trace capture a graph."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 def is_channels_last(x: torch.Tensor) -> bool:
+    """x is NHWC in eager PyTorch (never while a graph is captured: see the module's docstring)."""
+    if capturing_graph():
+        return False
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from learnsparse.layer_types import register_layer_type
 
-from .channel_ops import select_channels
+from .channel_ops import capturing_graph, select_channels
 
 
 class CondensedDenseLayer(nn.Module):
@@ -104,7 +104,7 @@ class CondensedDenseBlock(nn.Module):
         self.out_channels = in_channels + sum(layer.growth for layer in layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if self.training or torch.is_grad_enabled() or capturing_graph():
             # Training, autograd and graph capture (torch.export, ONNX, torch.compile): plain ops.
             for layer in self.layers:
                 x = torch.cat([x, layer(x)], 1)
