@@ -74,6 +74,7 @@ def test_a_second_signal_during_the_save_does_not_corrupt_last_pt(tmp_path, unin
     assert_same_training(uninterrupted, load_checkpoint(tmp_path / "run/checkpoints/last.pt"))
 
 
+@pytest.mark.slow  # the signal tests above cover mid-epoch and epoch-end; this one, any moment
 def test_sigterm_from_outside_at_a_random_moment(tmp_path, uninterrupted):
     common = [*RUN, f"paths.log_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run"]
     proc = run_train(*common, wait=False)

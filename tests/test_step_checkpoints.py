@@ -168,3 +168,22 @@ def test_resumed_epoch_sees_the_same_batches_and_skips_at_the_sampler(workers):
         skipped = torch.cat([i for _, i in batches[:2]]).tolist()
         assert not set(skipped) & set(resumed_data.read)  # never read
     assert len(list(resumed)) == len(batches)  # the skip was for one pass
+
+
+@pytest.mark.slow  # three compiled runs
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_run_killed_mid_epoch_resumes_bitwise(backend, tmp_path):
+    """Compiled training is deterministic on a CPU (the same graphs, compiled again after the
+    resume), so a compiled run resumes bit-exactly too; killed after the swap's recompile."""
+    common = [*RUNS["condensenet"], *SHAPE, f"trainer.compile={{backend: {backend}}}",
+              "trainer.checkpoint.every_steps=2", f"paths.log_dir={tmp_path}"]
+    full = run_train(*common, f"hydra.run.dir={tmp_path}/full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = run_train(*common, f"hydra.run.dir={tmp_path}/run", "+callbacks.kill._target_=tests.helpers.KillAtStep",
+                       "+callbacks.kill.step=9")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["iter"] == 8
+    resumed = run_train(*common, f"hydra.run.dir={tmp_path}/run", "trainer.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(load_checkpoint(tmp_path / "full/checkpoints/last.pt"),
+                         load_checkpoint(tmp_path / "run/checkpoints/last.pt"))
