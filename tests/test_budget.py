@@ -113,7 +113,7 @@ def test_budget_increments_replay_on_resume_without_timing(monkeypatch):
     """A latency budget times each increment's choice once; the record replays it (invariant 1)."""
     calls = []
 
-    def fake_ratio(before, after, budget, example, device=None):  # latency follows the export's MACs: deterministic here
+    def fake_ratio(before, after, budget, example, device=None):  # latency follows the export's MACs here
         calls.append(1)
         return exported_cost(after, example) / exported_cost(before, example)
 

@@ -60,7 +60,8 @@ class Budget:
                              f"steps and round_to")
         named = [k for k in KINDS if node.get(k) is not None]
         if len(named) > 1:
-            raise ValueError(f"budget: set one of budget.macs, budget.params or budget.latency (got {', '.join(named)})")
+            raise ValueError(f"budget: set one of budget.macs, budget.params or budget.latency "
+                             f"(got {', '.join(named)})")
         if not named:
             return None
         kind = named[0]

@@ -12,7 +12,8 @@ def record_metrics(plugin) -> dict[str, float]:
     record = getattr(plugin, "budget_record", None)
     if not record:
         return {}
-    return {f"budget_{record['kind']}_target": record["fraction"], f"budget_{record['kind']}_achieved": record["achieved"]}
+    kind = record["kind"]
+    return {f"budget_{kind}_target": record["fraction"], f"budget_{kind}_achieved": record["achieved"]}
 
 
 def record_state(plugin) -> dict:
