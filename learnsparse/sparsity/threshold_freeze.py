@@ -113,9 +113,16 @@ class ThresholdFreeze(HookBase):
         units = {"filter": "filters", "channel": "channels", "shape": "shape fibres", "kernel2d": "kernels",
                  "layer": "layers", "element": "weights"}
         counted: dict[str, int] = {}
-        for _, module, kind, is_dead in dead:
-            unit = "channels" if isinstance(module, nn.BatchNorm2d) else units.get(kind, kind)
-            counted[unit] = counted.get(unit, 0) + int(is_dead.sum())
+        per_bn: dict[str, tuple[str, torch.Tensor]] = {}  # a channel named by its conv and its BatchNorm: once
+        for name, module, kind, is_dead in dead:
+            bn = name if isinstance(module, nn.BatchNorm2d) else bn_of.get(name) if kind == "filter" else None
+            if bn is None:
+                counted[units.get(kind, kind)] = counted.get(units.get(kind, kind), 0) + int(is_dead.sum())
+                continue
+            unit, seen = per_bn.get(bn, ("filters", torch.zeros_like(is_dead.flatten())))
+            per_bn[bn] = ("channels" if isinstance(module, nn.BatchNorm2d) else unit, seen | is_dead.flatten())
+        for unit, seen in per_bn.values():
+            counted[unit] = counted.get(unit, 0) + int(seen.sum())
         log.info("threshold: froze %s at zero (%d weights with their biases and BatchNorm γ, β) at progress %.3f "
                  "(%s, tau=%g)", ", ".join(f"{n} {u}" for u, n in counted.items()) or "nothing", zeroed,
                  self.progress, self.rule, self.tau)
