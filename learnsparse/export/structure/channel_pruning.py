@@ -123,18 +123,19 @@ def _prune_groups(model, DG, example_inputs, probe, reference, check_each: bool)
         if a.is_output:
             continue
         removable, foldable = a.removable & cand, a.foldable & cand
+        if any(is_grouped(item.dep.target.module) for item in group.items):
+            foldable[:] = False  # a folded constant must not be cut back by the per-group rule after
+        if bool((removable | foldable).all()):  # a layer keeps one channel, so its shape stays valid
+            last = torch.nonzero(foldable if foldable.any() else removable).flatten()[0]
+            foldable[last] = removable[last] = False
+        remove, grouped_why = _equal_per_conv_group(group, DG, torch.nonzero(removable).flatten().tolist())
         snapshot = Snapshot(model, DG)
-        remove = torch.nonzero(removable).flatten().tolist()
+        added = []
         if foldable.any():
             had_bias = {m for m in model.modules() if isinstance(m, _WEIGHTED) and m.bias is not None}
             folded = fold_constants(model, group, torch.nonzero(foldable).flatten().tolist(), example_inputs)
             remove = sorted(remove + folded)
             added = [m for m in model.modules() if isinstance(m, _WEIGHTED) and m.bias is not None and m not in had_bias]
-        else:
-            added = []
-        if len(remove) == n:
-            remove = remove[1:]
-        remove, grouped_why = _equal_per_conv_group(group, DG, remove)
         removed = torch.zeros(n, dtype=torch.bool)
         if remove:
             try:

@@ -3,6 +3,8 @@
 1. residual branches that output zero become their shortcut (before channel pruning, so the
    dependency graph never sees a block whose every channel is dead);
 2. dead channels go, through the dependency graph (recorded as Torch-Pruning's history);
+   zeros that must stay are listed per layer with the reason (`edits["kept_zeros"]`, and a
+   row each in the export's table). Transformers skip it with a one-line note;
 3. convolutions with few kept kernel fibres are lowered;
 4. output permutations of exported group convs move into the layers that read them;
 5. BatchNorms that read a conv's output, and nothing else, fold into that conv.
