@@ -215,7 +215,10 @@ def train_main() -> None:
     def task(cfg) -> None:  # the built run goes to Hydra's task by closure, not through a global
         _train_task(cfg, built)
 
-    hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(task)()
+    # A sweep's launcher may pickle the task for its workers (joblib, submitit): there it is
+    # the plain module function, and each job builds its own run.
+    hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(
+        _train_task if built is None else task)()
 
 
 def export_help() -> str:
