@@ -80,6 +80,10 @@ def run_case(case: Case, runtimes, device: torch.device, threads: int, rounds: i
         print(f"  export for {target}: {len(result.tactics) - len(dense_layers)} learned layers sparse, "
               f"{len(dense_layers)} dense" + (f" ({', '.join(dense_layers[:6])}{' …' if len(dense_layers) > 6 else ''})"
                                                if dense_layers else ""), flush=True)
+        if result.widths:
+            widths = result.widths
+            print(f"  export for {target}: thinned layers {widths['form']} (whole network, ms: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in widths["ms"].items()) + ")", flush=True)
     networks = {"dense": dense_equivalent(trained)}
     if case.twin is not None:
         networks["twin"] = case.twin.eval()
