@@ -1,7 +1,7 @@
 """`sparsity=bn_slimming`: network slimming (Liu et al., 2017) — λ Σ|γ| on BatchNorm scales.
 
 Channels whose γ goes to zero are pruned after training by a global percentile threshold
-(`sparsity.threshold` with `granularity: batchnorm`), which kills γ and β together so that
+(`sparsity.threshold` with `layers: batchnorm`, `rule: percentile`), which kills γ and β together so that
 the channel outputs exactly zero and the export can remove it.
 
 `gamma_init` (the paper's 0.5) is for training from scratch: weights that
