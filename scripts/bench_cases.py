@@ -117,11 +117,11 @@ def odd_widths(name: str, method: str, batch: int, keep: float = 0.45) -> Case:
     torch.manual_seed(0)
     model = as_if_trained(create_model(name, num_classes=10, in_channels=3))
     g = torch.Generator().manual_seed(0)
+    names = {m: n for n, m in model.named_modules()}
     with torch.no_grad():
         for conv, bn in _conv_bn_pairs(model):
-            inside_block = "conv1" in {n for n, m in model.named_modules() if m is conv} or "resnet" not in name
-            if not inside_block:
-                continue
+            if "resnet" in name and not (names[conv].startswith("layer") and names[conv].endswith("conv1")):
+                continue  # the residual stream
             kept = max(1, round(keep * conv.out_channels)) | 1  # odd
             dead = torch.randperm(conv.out_channels, generator=g)[kept:]
             if method == "ssl":
