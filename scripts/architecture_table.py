@@ -29,10 +29,12 @@ def _short_reason(reason: str) -> str:
                        ("out of range", "split / slice Torch-Pruning cannot map"),
                        ("could not group", "Torch-Pruning could not group them"),
                        ("failed to remove", "Torch-Pruning raised"), ("dependency search", "search bound"),
-                       ("dependency graph failed", "dependency graph failed"), ("reads them", "op reads them"),
-                       ("writes them", "op may not keep zeros")]:
+                       ("dependency graph failed", "dependency graph failed")]:
         if key in reason:
             return short
+    for verb in (" writes them", " reads them"):  # name the op: Sigmoid (a gate), UpsampleNearest2D, …
+        if verb in reason:
+            return reason.split(verb)[0] + verb + (" (may not keep zeros)" if "writes" in verb else "")
     return reason
 
 
@@ -40,8 +42,9 @@ def table(rows: list[dict]) -> str:
     by_family: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_family[r["family"]].append(r)
-    lines = ["| family | models | " + " | ".join(RECIPES.values()) + " | slowest export | what stays, and why |",
-             "| --- | ---: | " + " | ".join("---" for _ in RECIPES) + " | ---: | --- |"]
+    lines = ["| family | models | exact (≤ 1e-5) | " + " | ".join(RECIPES.values())
+             + " | layers keeping zeros, each with a reason | slowest export | what stays, and why |",
+             "| --- | ---: | ---: | " + " | ".join("---" for _ in RECIPES) + " | ---: | ---: | --- |"]
     for fam in sorted(by_family, key=lambda f: (f.startswith("timm"), f)):
         group = by_family[fam]
         cells = []
@@ -53,7 +56,11 @@ def table(rows: list[dict]) -> str:
         why = "; ".join(reason for reason, _ in reasons.most_common(3)) or ("; ".join(notes) if notes else "–")
         slowest = max((r.get("seconds", 0.0) for r in group), default=0.0)
         models = len({r["model"] for r in group})
-        lines.append(f"| {fam} | {models} | " + " | ".join(cells) + f" | {slowest:.1f} s | {why} |")
+        exact = sum(r.get("relative_diff", 0.0) <= 1e-5 for r in group if "relative_diff" in r)
+        runs = sum("relative_diff" in r for r in group)
+        kept = sum(r.get("kept_layers", 0) for r in group if r["recipe"] == "dead")
+        lines.append(f"| {fam} | {models} | {exact}/{runs} | " + " | ".join(cells)
+                     + f" | {kept} | {slowest:.1f} s | {why} |")
     return "\n".join(lines)
 
 

@@ -39,9 +39,20 @@ SIZE = 64
 # The bound the issue sets, at 64×64. Counted in CPU seconds of this process on one thread:
 # the development machine is shared, and wall time there measures the neighbours' load.
 EXPORT_SECONDS = 30.0
+BOUND_PARAMS = 200_000_000  # above this (regnet_y_128gf, vit_h_14: 0.6 G parameters) the bound grows with size
+
+
+def export_bound(params: int) -> float:
+    """CPU seconds an export may take: 30 s, or 30 s per 200 M parameters for the giants (copying
+    and checking 2.6 GB of weights alone takes seconds)."""
+    return EXPORT_SECONDS * max(1.0, params / BOUND_PARAMS)
 
 
 def input_size(name: str) -> int:
+    if "maxvit" in name:
+        return 224  # its window partitions need a multiple of 7 × 32
+    if name == "vit_h_14":
+        return 70  # its patches are 14 wide
     return 80 if "inception" in name else SIZE  # Inception-v3's stem needs 75×75 at least
 
 
@@ -51,7 +62,7 @@ def build(name: str, seed: int = 0) -> nn.Module:
         import timm
 
         return timm.create_model(name.removeprefix("timm/"), pretrained=False, num_classes=10).eval()
-    kwargs = {"image_size": SIZE} if name.startswith("vit_") else {}
+    kwargs = {"image_size": input_size(name)} if name.startswith("vit_") else {}
     return torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs).eval()
 
 
