@@ -90,3 +90,26 @@ def test_aoti_target_times_layers_in_inductor_and_the_assembled_network_in_aotin
     assert layers and used[:2 * layers] == ["compile"] * (2 * layers)  # each layer's two forms
     assert set(used[2 * layers:]) == {"aoti"}  # the assembled candidates, in AOTInductor itself
     assert result.max_abs_diff <= 1e-5 * result.output_scale
+
+
+def test_each_layer_takes_the_form_its_timings_favour_and_the_whole_network_is_checked(monkeypatch):
+    """Timings given, not measured: the choice must follow them whatever the machine's load."""
+    from learnsparse.export import tactics
+
+    model = _trained("resnet20", 3, seed=0, flgc=True)
+    names = [n for n, _ in tactics.tactic_layers(model)]
+    calls = []
+
+    def fake_ms(runners, rounds=21, warmup=3):
+        if set(runners) == {"sparse", "dense"}:  # one layer's two forms, layers in order
+            calls.append(len(calls))
+            return {"sparse": 2.0, "dense": 1.0} if len(calls) == 1 else {"sparse": 1.0, "dense": 2.0}
+        return {k: {"chosen": 1.0}.get(k, 5.0) for k in runners}  # the assembled networks
+
+    monkeypatch.setattr(tactics, "runner", lambda *a, **k: (lambda: None))
+    monkeypatch.setattr(tactics, "interleaved_ms", fake_ms)
+    result = condense_with_details(model, torch.randn(2, 3, 32, 32), target="onnxruntime", batch=8)
+    assert [result.tactics[n]["form"] for n in names] == ["dense"] + ["sparse"] * (len(names) - 1)
+    assert not any(t.get("whole_model") for t in result.tactics.values())
+    kinds = [type(m).__name__ for m in result.model.modules()]
+    assert kinds.count("PermutedGroupConv") == len(names) - 1
