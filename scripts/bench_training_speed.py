@@ -4,6 +4,8 @@ one process, interleaved, median of --rounds rounds, at --threads threads.
 
     python scripts/bench_training_speed.py                      # the three networks below
     python scripts/bench_training_speed.py --wall --epochs 4     # + whole condensenet_mini runs
+    python scripts/bench_training_speed.py --compile             # + each masked and swapped network compiled
+    python scripts/bench_training_speed.py --compile --device cuda --amp bf16 --formats cl   # on a GPU
 
 Cases (structure at its end state: random weights, then the structure the method reaches):
 - tv_resnet18, FLGC G = 4 balanced on layer*.conv*, 32x32, batch 64; with the fixed-group twin
@@ -17,6 +19,11 @@ Cases (structure at its end state: random weights, then the structure the method
 Each network runs in NCHW and in channels-last; the faster of the two is quoted (a user picks
 it with trainer.channels_last). `--wall` also trains condensenet_mini on Fashion-MNIST with
 and without the swap and reports wall time and checkpoint sizes.
+
+`--compile` adds, for the masked network and each swapped one, the same training step with
+the forward compiled (torch.compile, as `trainer.compile=true`; backward through AOTAutograd),
+timed in the same interleaved rounds as the eager steps; the compile time (the first step,
+less a steady one) is reported apart and never enters the medians.
 """
 from __future__ import annotations
 
@@ -40,14 +47,18 @@ from learnsparse.models import create_model
 from learnsparse.models.condensenet import CondenseNet
 from learnsparse.models.resnet_cifar import CifarResNet
 from learnsparse.nn import FLGConv, LearnedGroupConv
-from learnsparse.sparsity.condense_in_training import swap_in_training
+from learnsparse.engine.surgery import replace_modules
+from learnsparse.sparsity.condense_in_training import choose_before_training, swap_in_training
 from learnsparse.sparsity.threshold_freeze import ThresholdFreeze
 
 
 def _trainer(model, optimizer, shape, batch: int = 64, memory_format=torch.contiguous_format):
-    return SimpleNamespace(unwrapped_model=model, model=model, optimizer=optimizer, device=torch.device("cpu"),
-                           memory_format=memory_format, input_shape=list(shape), progress=0.5,
-                           train_loader=SimpleNamespace(batch_size=batch))
+    """What the swap and the shrink need of a Trainer (its one surgery path included)."""
+    trainer = SimpleNamespace(unwrapped_model=model, model=model, optimizer=optimizer, device=torch.device("cpu"),
+                              memory_format=memory_format, input_shape=list(shape), progress=0.5,
+                              train_loader=SimpleNamespace(batch_size=batch))
+    trainer.replace_modules = lambda mapping, **options: replace_modules(trainer, mapping, **options)
+    return trainer
 
 
 def _sgd(model):
@@ -102,9 +113,10 @@ def condensenet_case(batch: int):
     for label, choose in (("swapped", "deployed"), ("swapped, measured forms", "measure")):
         fmt = torch.channels_last if choose == "measure" else torch.contiguous_format
         model = copy.deepcopy(masked).to(memory_format=fmt)  # as the trainer holds it
-        swap_in_training(_trainer(model, _sgd(model), shape, batch, fmt),
-                         [n for n, m in model.named_modules() if isinstance(m, LearnedGroupConv)], "lgc",
-                         choose=choose)
+        trainer = _trainer(model, _sgd(model), shape, batch, fmt)
+        names = [n for n, m in model.named_modules() if isinstance(m, LearnedGroupConv)]
+        forms = choose_before_training(trainer, names, lambda m: None, choose)  # at its last stage already
+        swap_in_training(trainer, names, "lgc", forms=forms)
         variants[label] = (model.to(memory_format=torch.contiguous_format), None)
     fixed = dataclasses.replace(masked.spec, conv1="fixed")
     variants["twin"] = (CondenseNet(fixed, num_classes=10, in_channels=3), None)
@@ -120,21 +132,27 @@ REFERENCES = {"twin": "the fixed-group twin (the limit)",
 SPEED_GOALS = {"resnet18_flgc_balanced_32_b64": 1.4, "resnet56_threshold_half_b64": 1.8, "condensenet86_b64": 1.15}
 
 
-def step_runner(model, hook, x, y, channels_last: bool):
-    model = model.to(memory_format=torch.channels_last) if channels_last else model
+def step_runner(model, hook, x, y, channels_last: bool, compiled: bool = False, amp=None):
+    model = model.to(device=x.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     opt = _sgd(model)
+    forward = torch.compile(model) if compiled else model  # as trainer.compile=true wraps it
+
+    def autocast():
+        return torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
     if hook is not None:  # the masked threshold network pays its masking points, as in the trainer
         hook.model = model
         hook.trainer = _trainer(model, opt, x.shape[1:])
         hook._pairs = None  # its cached (parameter, mask) pairs were the original model's
+        hook._move_masks()  # onto the model's device
     model.train()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.enable_grad():  # the timer runs under no_grad
-            F.cross_entropy(model(x), y).backward()
+        with torch.enable_grad(), autocast():  # the timer runs under no_grad
+            loss = F.cross_entropy(forward(x), y)
+        loss.backward()
         if hook is not None:
             hook.after_backward()
         opt.step()
@@ -143,24 +161,67 @@ def step_runner(model, hook, x, y, channels_last: bool):
     return step
 
 
-def run_case(name: str, batch: int, rounds: int) -> dict:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def compile_seconds(runner, device: torch.device) -> float:
+    """The first call of a compiled step less a steady one: Dynamo, AOTAutograd and the
+    backend's code generation, forward and backward."""
+    _sync(device)
+    t0 = time.perf_counter()
+    runner()
+    _sync(device)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    runner()
+    _sync(device)
+    return first - (time.perf_counter() - t0)
+
+
+def run_case(name: str, batch: int, rounds: int, formats=(False, True), compiled: bool = False,
+             device: torch.device = torch.device("cpu"), amp=None) -> dict:
     shape, variants = CASES[name](batch)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, *shape, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
-    runners = {}
+    x = torch.randn(batch, *shape, generator=g).to(device)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+    runners, compile_s = {}, {}
     for label, (model, hook) in variants.items():
-        for cl in (False, True):  # each network in both formats; the faster is quoted
-            runners[(label, cl)] = step_runner(copy.deepcopy(model), copy.deepcopy(hook), x, y, cl)
+        for cl in formats:  # each network in each format; the faster is quoted
+            runners[(label, cl)] = step_runner(copy.deepcopy(model), copy.deepcopy(hook), x, y, cl, amp=amp)
+            if compiled and (label == "masked" or label.startswith("swapped")):
+                # Each network compiles from nothing, as a run's start does (those compiled
+                # before compile again in interleaved_ms's warm-up calls, which are not timed).
+                torch._dynamo.reset()
+                run = step_runner(copy.deepcopy(model), copy.deepcopy(hook), x, y, cl, compiled=True, amp=amp)
+                compile_s[(f"{label}, compiled", cl)] = compile_seconds(run, device)
+                runners[(f"{label}, compiled", cl)] = run
     ms = interleaved_ms(runners, rounds=rounds)
-    best = {label: min(ms[(label, False)], ms[(label, True)]) for label in variants}
+    labels = list(dict.fromkeys(label for label, _ in runners))
+    best = {label: min(ms[(label, cl)] for cl in formats) for label in labels}
     params = {label: sum(p.numel() for p in m.parameters()) for label, (m, _) in variants.items()}
-    print(f"## {name}: batch {batch}, {rounds} interleaved rounds, median ms per training step")
-    print("| network | params | NCHW ms | channels-last ms | best ms |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for label in variants:
-        print(f"| {label} | {params[label]:,} | {ms[(label, False)]:.1f} | {ms[(label, True)]:.1f} | {best[label]:.1f} |")
-    swapped = min((label for label in variants if label.startswith("swapped")), key=best.get)
+    cols = {False: "NCHW ms", True: "channels-last ms"}
+    print(f"## {name}: batch {batch}, {rounds} interleaved rounds, median ms per training step on {device}"
+          + (f", {amp} autocast" if amp is not None else ""))
+    print(f"| network | params | {' | '.join(cols[cl] for cl in formats)} | best ms |"
+          + (" compile s |" if compiled else ""))
+    print("| --- | ---: |" + " ---: |" * (len(formats) + 1 + bool(compiled)))
+    for label in labels:
+        base = label.removesuffix(", compiled")
+        row = f"| {label} | {params[base]:,} | " + " | ".join(f"{ms[(label, cl)]:.1f}" for cl in formats)
+        row += f" | {best[label]:.1f} |"
+        if compiled:
+            row += (" " + " / ".join(f"{compile_s[(label, cl)]:.0f}" for cl in formats) + " |"
+                    if (label, formats[0]) in compile_s else " |")
+        print(row)
+    if compiled:
+        line = "compiled / eager, best format:"
+        for label in labels:
+            if label.endswith(", compiled"):
+                line += f" {label.removesuffix(', compiled')} {best[label.removesuffix(', compiled')] / best[label]:.2f}x;"
+        print(line.rstrip(";"))
+    swapped = min((label for label in variants if label.startswith("swapped")), key=best.get)  # eager
     speedup = best["masked"] / best[swapped]
     line = (f"after the swap ({swapped}) / masked: {speedup:.2f}x "
             f"(target ≥ {SPEED_GOALS[name]}: {'met' if speedup >= SPEED_GOALS[name] else 'NOT met'})")
@@ -201,11 +262,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--train-subset", type=int, default=30000)
     ap.add_argument("--json", type=Path, default=None, help="write the measured figures here")
+    ap.add_argument("--compile", action="store_true", help="also time the masked and swapped networks compiled")
+    ap.add_argument("--formats", nargs="+", choices=("nchw", "cl"), default=["nchw", "cl"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast the forward")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    formats = tuple(f == "cl" for f in args.formats)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     print(f"# bench_training_speed: torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
           f"{args.rounds} interleaved rounds, median")
-    results = {name: run_case(name, args.batch, args.rounds) for name in args.cases}
+    results = {name: run_case(name, args.batch, args.rounds, formats, args.compile, device, amp) for name in args.cases}
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.wall:
