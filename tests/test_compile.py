@@ -72,6 +72,7 @@ def test_inductor_compiled_condensenet_schedule_matches_eager(tmp_path):
     _assert_compiled_schedule(compiled, eager, rtol=1e-4)
 
 
+@pytest.mark.slow  # two more in-process runs; the schedule test above is the fast guard
 def test_compile_with_bf16_autocast_and_channels_last(tmp_path):
     settings = ("trainer.amp=bf16", "trainer.channels_last=true", "trainer.epochs=2")
     eager = _train(tmp_path, "eager", *settings)
