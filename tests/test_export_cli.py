@@ -34,7 +34,7 @@ def _export(run, *args):
 
 
 def test_export_writes_every_format_and_they_round_trip(condensed_run):
-    # target=null: every learned block in its sparse form (the default measures which is faster).
+    # target=null: every learned block in its sparse form (a target picks forms by a rule, or by timing).
     proc = _export(condensed_run, "formats=[pt,pt2,onnx]", "target=null")
     assert proc.returncode == 0, proc.stderr
     out = condensed_run / "export"

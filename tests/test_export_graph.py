@@ -164,14 +164,15 @@ def test_only_the_eager_target_stores_channels_last_weights(target, channels_las
     assert convs and all(w.is_contiguous() != channels_last for w in convs)
 
 
-def test_a_target_with_a_small_example_and_no_batch_warns():
+def test_a_measured_target_with_a_small_example_and_no_batch_warns():
     model = _as_trained(create_model("condensenet_mini", num_classes=10, in_channels=1), 0)
     with pytest.warns(UserWarning, match="batch"):
-        condense(model, torch.randn(2, 1, 28, 28), target="eager", measure=False)
+        condense(model, torch.randn(2, 1, 28, 28), target="eager", measure=True, threads=1)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        condense(model, torch.randn(2, 1, 28, 28), target="eager", measure=False, batch=64)
+        condense(model, torch.randn(2, 1, 28, 28), target="eager", measure=False)  # the rule reads MACs only
+        condense(model, torch.randn(2, 1, 28, 28), target="eager")  # the default does not time
         condense(model, torch.randn(8, 1, 28, 28), target="eager", measure=False)
         condense(model, torch.randn(2, 1, 28, 28))  # no target: nothing is timed

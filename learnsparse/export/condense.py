@@ -55,20 +55,22 @@ SMALL_TACTIC_BATCH = 8
 def condense_with_details(model: nn.Module, example_inputs, *, classifier_keep: float | None = None,
                           rtol: float = 1e-5, channels_last: bool | None = None, target: str | None = None,
                           batch: int | None = None, threads: int | None = None,
-                          measure: bool = True) -> ExportResult:
+                          measure: bool = False) -> ExportResult:
     """`condense`, with what was converted and the measured difference (see ExportResult).
 
     `target` (a registered runtime's target: "eager", "onnxruntime", "compile", "pt2", "aoti")
-    picks each learned layer's form, sparse or dense, by timing both on the layer's input in
-    that runtime (or, with `measure=False`, by a fixed rule); without it every learned layer is
-    deployed sparse. Forms are timed at `batch` images; without `batch`, at the example's own
+    picks each learned layer's form, sparse or dense: by default by a fixed rule on multiply-adds
+    (the same on every machine), or, with `measure=True`, by timing both on the layer's input in
+    that runtime (recorded, so `load` replays it; a fresh export may choose differently);
+    without it every learned layer is deployed sparse. Forms are timed at `batch` images; without `batch`, at the example's own
     batch — pass the batch you serve (an example of 2 images chooses forms for batch 2), and a
     warning says so when a target is set and the example holds fewer than 8 images.
     `channels_last` (default: for `target="eager"` only) stores 4-D weights NHWC, the layout
     eager PyTorch is fastest in; other exports keep plain weights, which trace to the same graph
     `save_onnx` writes (graphs have no memory format)."""
     example_inputs = example_tensor(example_inputs)
-    if target and batch is None and example_inputs.shape[0] < SMALL_TACTIC_BATCH:
+    # Only timing depends on the batch: the default rule (measure=False) reads multiply-adds.
+    if target and measure and batch is None and example_inputs.shape[0] < SMALL_TACTIC_BATCH:
         warnings.warn(f"condense(target={target!r}) without `batch` chooses each layer's form at the example's "
                       f"batch of {example_inputs.shape[0]}; pass batch= the batch you deploy at "
                       f"(forms that win at batch {example_inputs.shape[0]} can lose at 64)", stacklevel=3)
@@ -145,7 +147,7 @@ def condense(model: nn.Module, example_inputs, **options) -> nn.Module:
     model is left as it was, in the mode it was in. Image models come out with plain weights,
     or channels-last ones for `target="eager"` (or `channels_last=True`); `torch.onnx.export` and
     `torch.export` of the result trace the deployed layers' plain ops either way.
-    With a `target` and no `batch`, forms are timed at the example's batch (a warning under 8
-    images). Options: those of `condense_with_details` (`classifier_keep`, `rtol`,
+    With a `target`, `measure=True` and no `batch`, forms are timed at the example's batch (a
+    warning under 8 images). Options: those of `condense_with_details` (`classifier_keep`, `rtol`,
     `channels_last`, `target`, `batch`, `threads`, `measure`)."""
     return condense_with_details(model, example_inputs, **options).model

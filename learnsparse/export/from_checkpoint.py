@@ -128,7 +128,7 @@ def _export_checkpoint(cfg) -> dict:
     target = cfg.get("target", "eager")
     result = condense_with_details(trained, example, classifier_keep=cfg.classifier_keep, rtol=float(cfg.rtol),
                                    channels_last=_optional_bool(cfg.get("channels_last")), target=target,
-                                   batch=batch, threads=cfg.threads, measure=bool(cfg.get("measure", True)))
+                                   batch=batch, threads=cfg.threads, measure=bool(cfg.get("measure", False)))
     report = build_report(trained, result, example, latency_rounds=int(cfg.latency_rounds), latency_batch=batch,
                           target=target)
     from learnsparse.record import model_name
