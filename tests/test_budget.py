@@ -182,6 +182,10 @@ def test_budget_run_logs_and_reports_target_and_achieved(tiny_cfg, tmp_path):
     assert b["achieved"] == pytest.approx(lines[-1]["budget_macs_achieved"])
     assert json.loads((tmp_path / "run" / "export" / "report.json").read_text())["budget"]["achieved"] == b["achieved"]
     assert "budget: macs 0.5" in report["table"]
+    # The network shrank in training, so the trained model is thinner than the starting one;
+    # the dense figures are the starting network's, not the trained one's.
+    assert report["macs_before"] < 0.6 * report["macs_dense"]
+    assert report["params_dense"] > report["params_before"]
 
 
 @pytest.mark.parametrize("shrink", [pytest.param("false", marks=pytest.mark.slow), "true"])

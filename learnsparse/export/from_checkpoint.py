@@ -129,9 +129,13 @@ def _export_checkpoint(cfg) -> dict:
     result = condense_with_details(trained, example, classifier_keep=cfg.classifier_keep, rtol=float(cfg.rtol),
                                    channels_last=_optional_bool(cfg.get("channels_last")), target=target,
                                    batch=batch, threads=cfg.threads, measure=bool(cfg.get("measure", False)))
+    from learnsparse.record import model_name, rebuild
+
+    # The dense network is the one training started from: the model its config builds, before any
+    # edit (a shrink in training leaves the trained model already thinner than that).
+    start = rebuild({"model": dict(model_config), "edits": []}).eval()
     report = build_report(trained, result, example, latency_rounds=int(cfg.latency_rounds), latency_batch=batch,
-                          target=target)
-    from learnsparse.record import model_name
+                          target=target, start=start)
 
     report.update(checkpoint=str(path), model=model_name(model_config), input_shape=input_shape)
     budget = budget_summary(ckpt, report)

@@ -16,12 +16,16 @@ from .runtimes import interleaved_ms, runner, target_runtime
 
 
 def build_report(trained: nn.Module, result: ExportResult, example: torch.Tensor, *, latency_rounds: int = 20,
-                 latency_batch: int | None = None, target: str | None = "eager") -> dict:
+                 latency_batch: int | None = None, target: str | None = "eager",
+                 start: nn.Module | None = None) -> dict:
     """Latency is measured in the target runtime for the dense equivalent (what the user had)
     and the export, side by side; the trained model, as it left training, in eager PyTorch is a
-    secondary figure (`latency_ms_masked_eager`, named from when every trained layer was masked)."""
+    secondary figure (`latency_ms_masked_eager`, named from when every trained layer was masked).
+    `start` is the network training began from (before any edit); without it, the trained model.
+    It matters once training has thinned the network (the in-training shrink): the trained model
+    is then already smaller than what the user had, and the dense figures must not be its own."""
     single = example[:1]
-    dense = dense_equivalent(trained)
+    dense = dense_equivalent(start if start is not None else trained)
     macs_before, macs_after = macs_by_module(trained, single), macs_by_module(result.model, single)
     timing_input = single.expand(latency_batch, *single.shape[1:]).contiguous() if latency_batch else example
     runtime = target_runtime(target).name
