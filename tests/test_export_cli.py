@@ -90,7 +90,7 @@ def test_bad_export_arguments_fail_with_one_line(args, fragment):
 
 @pytest.mark.parametrize("target", ["eager", "onnxruntime"])
 def test_export_picks_each_blocks_form_for_the_target_and_reports_it(condensed_run, tmp_path, target):
-    proc = _export(condensed_run, f"target={target}", "batch=8", f"output_dir={tmp_path}")
+    proc = _export(condensed_run, f"target={target}", "batch=8", "measure=true", f"output_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["latency_target"] == target and report["latency_ms_dense"] > 0
@@ -103,3 +103,12 @@ def test_export_picks_each_blocks_form_for_the_target_and_reports_it(condensed_r
     assert f"fastest in {target}" in proc.stdout
     model = load(tmp_path / "condensed.pt")  # the chosen forms are rebuilt
     assert model(torch.zeros(2, *model.input_shape)).shape == (2, 10)
+
+
+def test_default_export_times_nothing_to_choose_forms(condensed_run, tmp_path):
+    # A default never depends on timing: target=eager picks forms by the multiply-add rule.
+    proc = _export(condensed_run, f"output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    tactics = json.loads((tmp_path / "report.json").read_text())["tactics"]
+    assert tactics and all("ms" not in t and t["form"] in ("sparse", "dense") for t in tactics.values())
+    assert "by the multiply-add rule" in proc.stdout

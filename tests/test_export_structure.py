@@ -212,13 +212,17 @@ def test_preactivation_batchnorms_are_kept():
     assert any(isinstance(m, nn.BatchNorm2d) for m in result.model.modules())
 
 
-def test_export_runs_channels_last_unless_asked_not_to():
+def test_export_runs_channels_last_for_eager_or_when_asked():
     model = _model("resnet20", 0)
     x = _inputs("resnet20")
-    nhwc = condense_with_details(model, x).model
-    nchw = condense_with_details(model, x, channels_last=False).model
+    nhwc = condense_with_details(model, x, channels_last=True).model
+    nchw = condense_with_details(model, x).model  # no target: plain weights, as graphs want them
     conv = next(m for m in nhwc.modules() if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert next(m for m in nchw.modules() if isinstance(m, nn.Conv2d)).weight.is_contiguous()
+    eager = condense_with_details(model, x, target="eager").model
+    assert next(m for m in eager.modules() if isinstance(m, nn.Conv2d)).weight.is_contiguous(
+        memory_format=torch.channels_last)
     with torch.no_grad():  # an NCHW input still runs NHWC from the first conv on
         assert nhwc.conv1(x).is_contiguous(memory_format=torch.channels_last)
     _assert_equal(nchw, nhwc, x)

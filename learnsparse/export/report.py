@@ -125,7 +125,9 @@ def format_report(report: dict) -> str:
                      f"({len(w['layers'])} layers)")
     if report.get("tactics"):
         chosen = ", ".join(f"{name} {t['form']}" for name, t in report["tactics"].items())
-        lines.append(f"form per learned layer, fastest in {report['latency_target']}: {chosen}")
+        how = (f"fastest in {report['latency_target']}" if any("ms" in t for t in report["tactics"].values())
+               else "by the multiply-add rule (measure=true times them)")
+        lines.append(f"form per learned layer, {how}: {chosen}")
     lines.append("")
     layers = [[r["layer"], r["trained"], r["deployed"], f"{r['params_before']:,}", f"{r['params_after']:,}",
                f"{int(r['macs_before']):,}", f"{int(r['macs_after']):,}"] for r in report["layers"]]
