@@ -139,7 +139,10 @@ SWAPS = ("condense_in_training", "shrink_in_training")
 
 
 @pytest.mark.parametrize("kind", sorted(RUNS))
-@pytest.mark.parametrize("kill_at,workers", [(4, 0), (10, 0), (10, 2)])
+# make test keeps the kill after the swap with 2 workers; before the swap, and without workers, are
+# covered for the defaults by test_resume's random-step kills, and run here under -m slow.
+@pytest.mark.parametrize("kill_at,workers", [pytest.param(4, 0, marks=pytest.mark.slow),
+                                             pytest.param(10, 0, marks=pytest.mark.slow), (10, 2)])
 def test_killed_before_or_after_the_swap_resumes_bit_exactly(kind, kill_at, workers, tmp_path):
     common = [*RUNS[kind], "data.dataset.image_size=16", "trainer.epochs=4", "data.dataset.train_size=96",
               f"data.num_workers={workers}", f"paths.log_dir={tmp_path}"]
@@ -167,7 +170,10 @@ def test_killed_before_or_after_the_swap_resumes_bit_exactly(kind, kill_at, work
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
 
 
-@pytest.mark.parametrize("kind", sorted(RUNS))
+# threshold's ResNet-20 run is under -m slow: test_budget's whole-path test trains thinner in
+# training and exports it in make test.
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "threshold" else k
+                                  for k in sorted(RUNS)])
 def test_a_run_condensed_in_training_exports_exactly(kind, tmp_path):
     import json
 

@@ -16,7 +16,8 @@ from .cli_runner import run_cli
 COMMON = ["model=lenet5", "data.dataset.image_size=28", "trainer.epochs=3", "data.dataset.train_size=96"]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+# Without workers: under -m slow (test_data checks a 0-worker run against a 2-worker one across a resume).
+@pytest.mark.parametrize("workers", [pytest.param(0, marks=pytest.mark.slow), 2])
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, workers):
     common = [*COMMON, f"data.num_workers={workers}", f"paths.log_dir={tmp_path}"]
     full = run_cli(*common, f"hydra.run.dir={tmp_path}/full")

@@ -66,6 +66,7 @@ def test_sigkill_mid_epoch_resumes_from_the_step_checkpoint_bitwise(kind, tmp_pa
     assert_same_training(uninterrupted(kind), load_checkpoint(tmp_path / "run/checkpoints/last.pt"))
 
 
+@pytest.mark.slow  # the per-method mid-epoch kills above run in make test
 def test_sigkill_at_a_random_moment_resumes_bitwise(tmp_path, uninterrupted):
     """Killed from outside at a moment the clock picks: mid-step, mid-save, anywhere."""
     common = [*RUNS["condensenet"], *SHAPE, "trainer.checkpoint.every_steps=1", "trainer.checkpoint.keep=3",
