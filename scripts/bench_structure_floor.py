@@ -115,7 +115,7 @@ def run(name: str, threads: int, rounds: int, work: Path) -> None:
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         export = condense_with_details(case.trained.eval(), example, target="onnxruntime", batch=case.batch,
-                                       threads=threads).model
+                                       threads=threads, measure=True).model
     x = torch.randn(case.batch, *case.input_shape)
     networks = {"dense": dense_equivalent(case.trained.eval()), "twin": case.twin.eval(), "floor": floor.eval(),
                 "export": export}

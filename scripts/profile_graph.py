@@ -71,7 +71,7 @@ def main() -> None:
     if case.twin is not None:
         networks["twin"] = case.twin
     networks["export (target=onnxruntime)"] = condense_with_details(
-        case.trained, example, target="onnxruntime", batch=case.batch, threads=args.threads).model
+        case.trained, example, target="onnxruntime", batch=case.batch, threads=args.threads, measure=True).model
     networks["export (every layer sparse)"] = condense_with_details(case.trained, example).model
     with tempfile.TemporaryDirectory() as work:
         results = {k: profile(m, x, args.threads, args.runs, Path(work), f"n{i}")

@@ -79,7 +79,7 @@ def test_a_registered_runtime_is_a_target_for_condense_and_its_runner_is_what_th
     monkeypatch.setattr(runtimes, "_RUNTIMES", dict(runtimes._RUNTIMES))  # registered for this test only
     register_runtime("counted", run_counted, target="counted")
     model = at_end_state(create_model("condensenet_mini", num_classes=10, in_channels=1), 0).eval()
-    result = condense_with_details(model, torch.randn(8, 1, 28, 28), target="counted", threads=1)
+    result = condense_with_details(model, torch.randn(8, 1, 28, 28), target="counted", threads=1, measure=True)
     assert result.tactics and len(calls) >= 2 * len(result.tactics)  # each learned layer's two forms
     assert not any(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
                    for w in result.model.parameters())  # plain weights: not a channels-last runtime

@@ -85,7 +85,7 @@ def test_aoti_target_times_layers_in_inductor_and_the_assembled_network_in_aotin
 
     monkeypatch.setattr(tactics, "runner", fake_runner)
     model = _trained("condensenet_mini", 1, seed=0, flgc=False)
-    result = condense_with_details(model, torch.randn(2, 1, 28, 28), target="aoti", batch=4, threads=2)
+    result = condense_with_details(model, torch.randn(2, 1, 28, 28), target="aoti", batch=4, threads=2, measure=True)
     layers = len(result.tactics)
     assert layers and used[:2 * layers] == ["compile"] * (2 * layers)  # each layer's two forms
     assert set(used[2 * layers:]) == {"aoti"}  # the assembled candidates, in AOTInductor itself
@@ -108,7 +108,7 @@ def test_each_layer_takes_the_form_its_timings_favour_and_the_whole_network_is_c
 
     monkeypatch.setattr(tactics, "runner", lambda *a, **k: (lambda: None))
     monkeypatch.setattr(tactics, "interleaved_ms", fake_ms)
-    result = condense_with_details(model, torch.randn(2, 3, 32, 32), target="onnxruntime", batch=8)
+    result = condense_with_details(model, torch.randn(2, 3, 32, 32), target="onnxruntime", batch=8, measure=True)
     assert [result.tactics[n]["form"] for n in names] == ["dense"] + ["sparse"] * (len(names) - 1)
     assert not any(t.get("whole_model") for t in result.tactics.values())
     kinds = [type(m).__name__ for m in result.model.modules()]

@@ -81,12 +81,13 @@ def test_the_fastest_width_form_in_the_target_is_kept_and_the_default_keeps_exac
     x = torch.randn(8, 3, 32, 32)
     exact = condense_with_details(trained, x).model
     assert condense_with_details(trained, x, target="eager", measure=False).widths == {}
+    assert condense_with_details(trained, x, target="eager").widths == {}  # the default times nothing
     from learnsparse.export import tactics
 
     for fastest in ("pad16", "exact", "dense"):
         fake = {"exact": 3.0, "pad8": 2.0, "pad16": 2.5, "dense": 4.0, fastest: 1.0}
         monkeypatch.setattr(tactics, "whole_model_ms", lambda models, *a, **k: {m: fake[m] for m in models})
-        result = condense_with_details(trained, x, target="eager", batch=8)
+        result = condense_with_details(trained, x, target="eager", batch=8, measure=True)
         assert result.widths["form"] == fastest and set(result.widths["ms"]) == {"exact", "pad8", "pad16", "dense"}
         if fastest == "exact":
             assert _widths(result.model) == _widths(exact)
