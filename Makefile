@@ -25,11 +25,12 @@ fashion-mnist:
 	else echo "Fashion-MNIST will be downloaded by torchvision into ./data"; fi
 
 # Train with condensing, then export the run's last checkpoint: verify, measure, write export/.
+# measure=true: the demo times each learned layer's forms (the default picks them by a fixed rule).
 demo: $(STAMP) fashion-mnist
 	@DL=$$([ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && echo false || echo true); \
 	RUN=outputs/quickstart/demo_$$(date +%Y-%m-%d_%H-%M-%S); \
 	$(VENV)/bin/learnsparse-train experiment=quickstart data.dataset.download=$$DL hydra.run.dir=$$RUN && \
-	$(VENV)/bin/learnsparse-export checkpoint=$$RUN/checkpoints/last.pt formats=[pt,pt2,onnx] threads=2
+	$(VENV)/bin/learnsparse-export checkpoint=$$RUN/checkpoints/last.pt formats=[pt,pt2,onnx] threads=2 measure=true
 
 # One test process per core (pytest-xdist); each runs torch on one thread (tests/conftest.py).
 test: $(STAMP)
