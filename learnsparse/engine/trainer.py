@@ -204,8 +204,8 @@ class Trainer:
             self._call("before_epoch")
             self.model.train()
             if skip and self._resume_rng is not None:
-                # The streams as they were after the step the checkpoint followed (dropout, and
-                # with num_workers=0 the augmentations): the per-epoch seeding above is for epoch starts.
+                # The streams as they were after the step the checkpoint followed (dropout; the
+                # augmentations have per-sample streams): the per-epoch seeding above is for epoch starts.
                 set_rng_state({k: v.cpu() if torch.is_tensor(v) else v for k, v in self._resume_rng.items()})
                 self._resume_rng = None
             t0 = time.perf_counter()
@@ -267,6 +267,15 @@ class Trainer:
         log.warning("resuming mid-epoch with a sampler that cannot skip: loading %d batches to drop them", skip)
         return itertools.islice(self.train_loader, skip, None)
 
+    @property
+    def last_logits(self) -> torch.Tensor | None:
+        """The last step's logits (what `outputs` holds): the step-end hooks read them."""
+        return self.outputs
+
+    @property
+    def last_targets(self) -> torch.Tensor | None:
+        return None if self.batch is None else self.batch[1]
+
     def run_step(self, batch) -> None:
         self.progress = self.iter / self.max_iter
         for h in self._step_hooks["before_step"]:
@@ -313,7 +322,6 @@ class Trainer:
             self.lr_scheduler.step()
         losses["loss_total"] = total
         self.losses = losses
-        self.last_logits, self.last_targets = logits, targets
         self.iter += 1
         for h in self._step_hooks["after_step"]:
             h.after_step()
