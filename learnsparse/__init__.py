@@ -1,6 +1,6 @@
 """learnsparse: learn a sparsity structure while training a CNN, then export it as a real,
 smaller, faster network."""
-from .errors import UserError
+from .core.errors import UserError
 
 __version__ = "0.1.0"
 __all__ = ["UserError", "rebuild", "sparsify", "train", "__version__"]
@@ -18,15 +18,15 @@ def train(cfg):
 def sparsify(model, method: str = "flgc", groups: int = 4, condense_factor: int = 4, include=None, exclude=None,
              balanced: bool = False, temperature: float = 1.0):
     """Replace matching convs of any model with learned-grouping layers ("lgc" or "flgc");
-    see `learnsparse.learned_grouping.sparsify`."""
-    from .learned_grouping import sparsify as _sparsify
+    see `learnsparse.sparsity.learned_grouping.sparsify`."""
+    from .sparsity.learned_grouping import sparsify as _sparsify
 
     return _sparsify(model, method, groups, condense_factor, include, exclude, balanced, temperature)
 
 
 def rebuild(record: dict):
     """The module an architecture record describes (every checkpoint and condensed.pt carries
-    one under "record"); see `learnsparse.record`."""
-    from .record import rebuild as _rebuild
+    one under "record"); see `learnsparse.core.record`."""
+    from .core.record import rebuild as _rebuild
 
     return _rebuild(record)

@@ -5,7 +5,7 @@ import os
 import re
 import sys
 
-from .errors import UserError, find_cause
+from .core.errors import UserError, find_cause
 
 # Hydra flags that print something instead of running: nothing to check before them.
 _INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve", "--shell-completion",
@@ -77,8 +77,8 @@ def whole_run_in_output_dir(flags: list[str], overrides: list[str]) -> list[str]
 
 def compose_or_fail(overrides: list[str], config_name: str, config_dirs: list[str], check=None):
     """Compose (and check) a config; bad input ends the process with one line."""
-    from .config_dir import compose
     from .config_errors import config_keys
+    from .core.config_dir import compose
 
     def valid_keys(bad_key: str) -> list[str]:
         # Compose again without the override that named the unknown key, to list the real ones.
@@ -204,7 +204,7 @@ def train_main() -> None:
     """learnsparse-train [--config-dir DIR] [-m] key=value ...  (Hydra; see --help)"""
     import hydra
 
-    from .config_dir import CONFIG_MODULE  # importing it registers the config resolvers
+    from .core.config_dir import CONFIG_MODULE  # importing it registers the config resolvers
 
     _current_folder_importable()
     flags, config_dirs, overrides = split_arguments(sys.argv[1:])
@@ -222,7 +222,7 @@ def train_main() -> None:
 
 
 def export_help() -> str:
-    from .config_dir import config_dir
+    from .core.config_dir import config_dir
 
     keys = (config_dir() / "export.yaml").read_text().strip()
     return ("usage: learnsparse-export checkpoint=<path> [key=value ...]\n\n"

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from learnsparse.end_state import at_end_state
-from learnsparse.learned_grouping import sparsify
+from learnsparse.layers.end_state import at_end_state
 from learnsparse.models import create_model
 from learnsparse.models.condensenet import CondenseNet, _cifar, _imagenet
+from learnsparse.sparsity.learned_grouping import sparsify
 
 INPUT = {"condensenet_mini": (1, 28), "condensenet74_c4": (3, 224), "condensenet74_c8": (3, 224)}
 

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from learnsparse.config_dir import compose
-from learnsparse.engine.distributed import DistEnv
+from learnsparse.core.config_dir import compose
+from learnsparse.core.distributed import DistEnv
 from learnsparse.engine.loaders import build_loaders
 
 

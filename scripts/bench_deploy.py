@@ -5,7 +5,7 @@ For each case (a model and its learned structure) three networks are timed, side
 one process: the dense equivalent (the trained model with its zeros baked into plain convs:
 what a user has without learnsparse), the fixed-group twin where one exists (the same shape
 with plain grouped convs and no gathers or permutations: the limit), and the learnsparse
-export. Each runs in every runtime registered in learnsparse.export.runtimes (eager, eager_cl, compile, ort,
+export. Each runs in every runtime registered in learnsparse.core.runtimes (eager, eager_cl, compile, ort,
 ort_as_is, pt2, aoti; `--help` lists them), the export made for each runtime's target.
 
 All networks and runtimes of a case are timed in turn every round (interleaved), median of
@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from learnsparse.export import condense, condense_with_details, dense_equivalent
-from learnsparse.export import runtimes as registry
-from learnsparse.export.artifacts import graph_form, quiet_onnx_export
-from learnsparse.export.measure import macs_by_module
-from learnsparse.export.runtimes import export_target, interleaved_ms, runner
-
 from bench_cases import CASES, Case
+
+from learnsparse.core import runtimes as registry
+from learnsparse.core.counting import macs_by_module
+from learnsparse.core.runtimes import export_target, interleaved_ms, runner
+from learnsparse.export import condense, condense_with_details, dense_equivalent
+from learnsparse.export.artifacts import graph_form, quiet_onnx_export
 
 NETWORKS = ("dense", "twin", "export")
 

@@ -12,8 +12,8 @@ import argparse
 import torch
 import torch.nn as nn
 
-from learnsparse.export.measure import interleaved_latency
-from learnsparse.nn.lowered_conv import LoweredConv2d
+from learnsparse.core.runtimes import interleaved_latency
+from learnsparse.layers.lowered_conv import LoweredConv2d
 
 # (name, in, out, kernel, padding, input size, batch)
 SHAPES = [

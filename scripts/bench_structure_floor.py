@@ -41,13 +41,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-
-from learnsparse.export import condense_with_details, dense_equivalent
-from learnsparse.export.runtimes import interleaved_ms, runner
-from learnsparse.models.condensenet import DenseLayer
-from learnsparse.nn.channel_ops import select_channels
-
 from bench_cases import CASES as DEPLOY_CASES  # the same models and twins as bench_deploy.py
+
+from learnsparse.core.runtimes import interleaved_ms, runner
+from learnsparse.export import condense_with_details, dense_equivalent
+from learnsparse.layers.channel_ops import select_channels
+from learnsparse.layers.dense_block import DenseLayer
 
 
 class Reorder(nn.Module):

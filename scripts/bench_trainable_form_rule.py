@@ -14,11 +14,11 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from learnsparse.end_state import at_end_state
+from learnsparse.core.runtimes import interleaved_ms
 from learnsparse.engine.surgery import replace_modules
-from learnsparse.export.runtimes import interleaved_ms
+from learnsparse.layers import LearnedGroupConv
+from learnsparse.layers.end_state import at_end_state
 from learnsparse.models import create_model
-from learnsparse.nn import LearnedGroupConv
 from learnsparse.sparsity.condense_in_training import choose_before_training, swap_in_training
 from learnsparse.sparsity.trainable_forms import DEPLOYED, RULE
 

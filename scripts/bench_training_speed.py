@@ -41,13 +41,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from learnsparse import sparsify
-from learnsparse.end_state import at_end_state
-from learnsparse.export.runtimes import interleaved_ms
+from learnsparse.core.runtimes import interleaved_ms
+from learnsparse.engine.surgery import replace_modules
+from learnsparse.layers import FLGConv, LearnedGroupConv
+from learnsparse.layers.end_state import at_end_state
 from learnsparse.models import create_model
 from learnsparse.models.condensenet import CondenseNet
 from learnsparse.models.resnet_cifar import CifarResNet
-from learnsparse.nn import FLGConv, LearnedGroupConv
-from learnsparse.engine.surgery import replace_modules
 from learnsparse.sparsity.condense_in_training import choose_before_training, swap_in_training
 from learnsparse.sparsity.threshold_freeze import ThresholdFreeze
 
@@ -234,7 +234,7 @@ def run_case(name: str, batch: int, rounds: int, formats=(False, True), compiled
 
 def wall_runs(epochs: int, subset: int, threads: int) -> None:
     from learnsparse import train
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     print(f"## condensenet_mini on Fashion-MNIST, {epochs} epochs on {subset} images, {threads} threads")
     print("| run | wall s | test top-1 % | last.pt bytes |")

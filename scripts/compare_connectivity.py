@@ -66,8 +66,8 @@ def connection_macs(report: dict, run) -> dict:
     """Multiply-adds of the kept connections: what the zeros inside a deployed conv do not cost."""
     import torch
 
-    from learnsparse.connectivity import connectivity_of
     from learnsparse.export import load
+    from learnsparse.layers.connectivity import connectivity_of
 
     model = load(run / "export" / "condensed.pt").float()
     total = 0

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from torchvision.utils import save_image
 
-from learnsparse import connectivity as C
-from learnsparse.sparsity.connectivity import connectivity_image, fixed_sparse_layers
+from learnsparse.layers import connectivity as C
+from learnsparse.sparsity.connectivity_images import connectivity_image, fixed_sparse_layers
 
 # One of each kind, 16 outputs × 16 inputs where the kind allows.
 GALLERY = {
@@ -45,7 +45,7 @@ def main() -> None:
             from learnsparse.models import create_model
             model = create_model(args.model)
         elif args.checkpoint:
-            from learnsparse.engine.checkpoint_io import load_checkpoint
+            from learnsparse.core.checkpoint_io import load_checkpoint
             from learnsparse.export.from_checkpoint import model_from_checkpoint, resolve_checkpoint
             path = resolve_checkpoint(args.checkpoint)
             model, _, _ = model_from_checkpoint(load_checkpoint(path), path)

@@ -37,8 +37,8 @@ def read_runs(studies: list[Path]) -> dict[str, list[dict]]:
 
 
 def measure_latency(rows: dict[str, list[dict]], batch: int, threads: int, rounds: int) -> None:
+    from learnsparse.core.runtimes import interleaved_ms
     from learnsparse.export import load
-    from learnsparse.export.runtimes import interleaved_ms
 
     torch.set_num_threads(threads)
     runners = {}

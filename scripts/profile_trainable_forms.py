@@ -13,11 +13,11 @@ import argparse
 
 import torch
 
-from learnsparse.end_state import at_end_state
 from learnsparse.export.tactics import layer_inputs
+from learnsparse.layers import LearnedGroupConv
+from learnsparse.layers.end_state import at_end_state
 from learnsparse.models import create_model
-from learnsparse.nn import LearnedGroupConv
-from learnsparse.sparsity.condense_in_training import _trainable_form
+from learnsparse.sparsity.condense_in_training import trainable_deployed
 from learnsparse.sparsity.trainable_forms import DEPLOYED, MASKED, faster_form, training_step_ms
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     total = {MASKED: 0.0, DEPLOYED: 0.0, "best": 0.0}
     for name in names:
         layer = model.get_submodule(name)
-        deployed = _trainable_form(layer).to(memory_format=fmt)
+        deployed = trainable_deployed(layer).to(memory_format=fmt)
         ms = training_step_ms({MASKED: layer, DEPLOYED: deployed}, inputs[name], rounds=args.rounds)
         kept = faster_form(ms)
         total[MASKED] += ms[MASKED]

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.checkpoint_io import load_checkpoint
+from learnsparse.core.checkpoint_io import load_checkpoint
+from learnsparse.core.counting import macs_by_module
+from learnsparse.core.runtimes import interleaved_latency
 from learnsparse.export import condense_with_details
 from learnsparse.export.from_checkpoint import model_from_checkpoint
-from learnsparse.export.measure import interleaved_latency, macs_by_module
 
 
 def test_error(ckpt: dict) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from learnsparse import train
-from learnsparse.config_dir import compose
+from learnsparse.core.config_dir import compose
 from learnsparse.export.from_checkpoint import export_checkpoint
 
 

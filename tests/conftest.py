@@ -25,7 +25,7 @@ TINY = ["data=synthetic", "data.dataset.train_size=128", "data.dataset.val_size=
 
 @pytest.fixture
 def tiny_cfg(tmp_path):
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     def make(*overrides: str):
         return compose([*TINY, f"paths.output_dir={tmp_path / 'run'}", f"paths.log_dir={tmp_path}",

@@ -19,9 +19,9 @@ import torch.nn as nn
 import torchvision
 
 from learnsparse import sparsify
-from learnsparse.end_state import at_end_state
+from learnsparse.core.counting import count_params
 from learnsparse.export import condense_with_details
-from learnsparse.export.measure import count_params
+from learnsparse.layers.end_state import at_end_state
 
 from .structured_zeros import kill_filters
 
@@ -113,7 +113,7 @@ def run_case(name: str, recipe: str, seed: int = 0) -> dict:
     row["wall_seconds"] = round(time.perf_counter() - wall, 2)
     row["relative_diff"] = result.max_abs_diff / max(result.output_scale, 1e-12)
     row["params_before"], row["params_after"] = count_params(model), count_params(result.model)
-    kept = result.structure.get("kept_zeros", [])
+    kept = result.pass_edits.get("kept_zeros", [])
     row["kept_layers"] = len(kept)
     row["kept_reasons"] = sorted({k["reason"] for k in kept})
     notes = [after for layer, _, after in result.converted if layer == "" and after.startswith("no conv structure")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from learnsparse.models.residual_blocks import RESIDUAL_BLOCKS, residual_blocks
+from learnsparse.layers.residual_blocks import RESIDUAL_BLOCKS, residual_blocks
 
 
 def _following_bn(model: nn.Module) -> dict[nn.Module, nn.BatchNorm2d]:

@@ -9,11 +9,11 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from learnsparse import train
-from learnsparse.engine.checkpoint_io import load_checkpoint
-from learnsparse.errors import UserError
+from learnsparse.core.checkpoint_io import load_checkpoint
+from learnsparse.core.counting import count_params, macs_by_module
+from learnsparse.core.errors import UserError
 from learnsparse.export import condense_with_details
 from learnsparse.export.from_checkpoint import export
-from learnsparse.export.measure import count_params, macs_by_module
 from learnsparse.models import create_model
 from learnsparse.sparsity import budget as budget_module
 from learnsparse.sparsity.budget import Budget
@@ -215,8 +215,8 @@ def test_budget_run_resumes_bit_exactly(tiny_cfg, tmp_path, shrink):
 def _grouped_export_macs(method: str, setting: int) -> float:
     """resnet20 with every learned layer at its final structure, exported: its MACs ÷ dense."""
     from learnsparse import sparsify
-    from learnsparse.nn.flgc import FLGConv
-    from learnsparse.nn.learned_group_conv import LearnedGroupConv
+    from learnsparse.layers.flgc_conv import FLGConv
+    from learnsparse.layers.learned_group_conv import LearnedGroupConv
 
     model = _model("resnet20")
     dense = _macs(model)
@@ -237,8 +237,8 @@ def test_learned_grouping_budget_picks_the_smallest_setting_that_meets_it(tiny_c
     """Checked by condensing (lgc) or freezing (flgc) every learned layer and exporting for real:
     the setting the budget picks meets it, one step finer does not."""
     from learnsparse.engine.run import build_plugins
-    from learnsparse.nn.flgc import FLGConv
-    from learnsparse.nn.learned_group_conv import LearnedGroupConv
+    from learnsparse.layers.flgc_conv import FLGConv
+    from learnsparse.layers.learned_group_conv import LearnedGroupConv
 
     cfg = tiny_cfg("model=resnet20", f"sparsity={method}", "budget.macs=0.5", f"sparsity.{method}.groups=2",
                    *(["sparsity.flgc.balanced=true"] if method == "flgc" else []))

@@ -6,10 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from learnsparse.export.connectivity_converter import from_connectivity
-from learnsparse.nn import IndexSelectGroupConv, LearnedGroupConv
-from learnsparse.nn.channel_ops import channel_shuffle, select_channels
-from learnsparse.nn.connectivity_conv import ConnectivityConv
+from learnsparse.layers import IndexSelectGroupConv, LearnedGroupConv
+from learnsparse.layers.channel_ops import channel_shuffle, select_channels
+from learnsparse.layers.connectivity_conv import ConnectivityConv, from_connectivity
 
 from .test_connectivity import _permuted_blocks
 

@@ -44,7 +44,7 @@ def test_missing_dataset_names_the_path(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def lenet_checkpoint(tmp_path_factory) -> bytes:
     from learnsparse import train
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     from .conftest import TINY
 

@@ -4,10 +4,10 @@ one, made on purpose; nothing runs eagerly past a limit. The losses are eager's.
 import pytest
 import torch
 
-from learnsparse.config_dir import compose
+from learnsparse.core.config_dir import compose
+from learnsparse.core.errors import UserError
 from learnsparse.engine.compiling import CompileSpec, compile_spec
 from learnsparse.engine.run import build
-from learnsparse.errors import UserError
 
 from .conftest import TINY
 from .resume_checks import run_train

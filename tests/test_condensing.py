@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from learnsparse import train
+from learnsparse.core.checkpoint_io import load_checkpoint
 from learnsparse.engine import NonFiniteLossError
-from learnsparse.engine.checkpoint_io import load_checkpoint
 from learnsparse.models import create_model
 from learnsparse.sparsity.condensing import CondensingSchedule, stage_at
 
@@ -18,7 +18,7 @@ def test_stage_boundaries_follow_condensenet():
 
 class _FakeTrainer:
     def __init__(self):
-        from learnsparse.engine.events import EventStorage
+        from learnsparse.core.events import EventStorage
 
         self.progress = 0.0
         self.iter = 0

@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 from learnsparse import train
-from learnsparse.config_dir import config_dir
+from learnsparse.core.config_dir import config_dir
 from learnsparse.engine.run import build_plugins
 
 from .helpers import write_cifar10, write_fashion_mnist, write_image_folder
@@ -96,7 +96,7 @@ def test_every_experiment_composes(tiny_cfg, name):
 
 
 def test_every_data_config_loads_files_in_the_real_format(tmp_path):
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     write_cifar10(tmp_path / "data")
     write_fashion_mnist(tmp_path / "data")

@@ -9,12 +9,11 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from learnsparse import connectivity as C
 from learnsparse.export import condense
-from learnsparse.export.connectivity_converter import from_connectivity
+from learnsparse.layers import connectivity as C
+from learnsparse.layers.connectivity_conv import ConnectivityConv, from_connectivity
+from learnsparse.layers.permuted_group_conv import PermutedGroupConv
 from learnsparse.models import create_model
-from learnsparse.nn.connectivity_conv import ConnectivityConv
-from learnsparse.nn.permuted_group_conv import PermutedGroupConv
 
 from .test_export_graph import FORBIDDEN, onnx_ops
 
@@ -137,7 +136,7 @@ def test_connectivity_of_reads_weights_and_learned_layers():
     with torch.no_grad():
         conv.weight[0].zero_()  # a dead filter (SSL) reads nothing
     assert not C.connectivity_of(conv)[0].any()
-    from learnsparse.nn import FLGConv, LearnedGroupConv
+    from learnsparse.layers import FLGConv, LearnedGroupConv
     lgc = LearnedGroupConv(8, 8, groups=2, condense_factor=2)
     lgc.condense_to(lgc.max_stage)
     assert C.connectivity_of(lgc).sum(dim=1).tolist() == [4] * 8
@@ -183,7 +182,7 @@ def test_deployed_layers_dense_form_is_the_same_function(sizes, seed, layout):
     x = torch.randn(2, m.shape[1], 6, 6)
     with torch.no_grad():
         assert torch.allclose(deployed.dense_form()(x), deployed(x), atol=1e-5)
-    from learnsparse.nn import IndexSelectGroupConv, LearnedGroupConv
+    from learnsparse.layers import IndexSelectGroupConv, LearnedGroupConv
 
     lgc = LearnedGroupConv(12, 8, groups=4, condense_factor=4)
     lgc.condense_to(lgc.max_stage)

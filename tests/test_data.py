@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from learnsparse.core.errors import UserError
 from learnsparse.data import cifar10, cifar100, fashion_mnist, imagenet, synthetic
 from learnsparse.data.fashion import read_idx
-from learnsparse.errors import UserError
 
 from .helpers import write_cifar10, write_fashion_mnist, write_idx, write_image_folder
 
@@ -98,7 +98,7 @@ def test_synthetic_is_deterministic_and_learnable():
 # ---- loaders: defaults, and data that does not depend on the workers ----------------------
 
 def _cifar_loader(root, workers: int, persistent: bool | None = None, seed: int = 5):
-    from learnsparse.engine.distributed import DistEnv
+    from learnsparse.core.distributed import DistEnv
     from learnsparse.engine.loaders import build_loaders
 
     train, _, generator = build_loaders(cifar10(str(root)), batch_size=8, eval_batch_size=8, num_workers=workers,
@@ -139,7 +139,7 @@ def test_loading_without_workers_leaves_the_main_streams_alone(tmp_path):
     import random
 
     write_cifar10(tmp_path, n_train=40, n_test=10)
-    from learnsparse.engine.distributed import DistEnv
+    from learnsparse.core.distributed import DistEnv
     from learnsparse.engine.loaders import build_loaders
 
     train, val, _ = build_loaders(cifar10(str(tmp_path)), batch_size=8, eval_batch_size=8, num_workers=0,
@@ -158,7 +158,7 @@ def test_training_does_not_depend_on_the_workers_even_across_a_resume(tmp_path):
     2 workers killed mid-epoch 1 and resumed from its step checkpoint with no workers."""
     import signal
 
-    from learnsparse.engine.checkpoint_io import load_checkpoint
+    from learnsparse.core.checkpoint_io import load_checkpoint
 
     from .cli_runner import run_cli
     from .resume_checks import assert_same_training
@@ -188,7 +188,7 @@ def test_training_does_not_depend_on_the_workers_even_across_a_resume(tmp_path):
 def test_loader_defaults(name):
     """Every data config: persistent workers whenever there are workers, pinned memory on CUDA
     only, torch's prefetch depth."""
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
     from learnsparse.engine.loaders import loader_options
 
     data = compose([f"data={name}"]).data
@@ -208,8 +208,8 @@ def test_a_dataset_with_batched_getitems_loads_sample_by_sample():
     (index, seed) keys it passes to its own `__getitem__`."""
     from torch.utils.data import Subset
 
+    from learnsparse.core.distributed import DistEnv
     from learnsparse.data import DataBundle
-    from learnsparse.engine.distributed import DistEnv
     from learnsparse.engine.loaders import build_loaders
 
     full = synthetic(train_size=20, val_size=4)

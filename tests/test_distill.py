@@ -11,15 +11,15 @@ import torch.nn as nn
 from hydra.utils import instantiate
 
 from learnsparse import train
-from learnsparse.config_dir import compose
+from learnsparse.core.checkpoint_io import load_checkpoint
+from learnsparse.core.config_dir import compose
+from learnsparse.core.errors import UserError
+from learnsparse.core.record import rebuild
 from learnsparse.distill import KnowledgeDistillation
 from learnsparse.distill.kd import kd_divergence
 from learnsparse.engine import Trainer
-from learnsparse.engine.checkpoint_io import load_checkpoint
 from learnsparse.engine.run import build_model_and_plugins, find_start
-from learnsparse.errors import UserError
 from learnsparse.models import create_model
-from learnsparse.record import rebuild
 
 from .cli_runner import run_cli
 from .conftest import TINY

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from learnsparse.engine.checkpoint_io import load_checkpoint
+from learnsparse.core.checkpoint_io import load_checkpoint
 
 from .conftest import TINY
 

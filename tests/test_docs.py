@@ -94,7 +94,7 @@ def test_the_documented_plugin_trains_under_the_term_it_declares(tmp_path, monke
     other)."""
     from learnsparse import train
     from learnsparse.cli import split_arguments
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # the command's PYTHONPATH=.
@@ -110,7 +110,7 @@ def test_the_documented_plugin_trains_under_the_term_it_declares(tmp_path, monke
 def docs_folder(tmp_path_factory):
     """A working folder with one tiny quickstart run in outputs/quickstart/, as after `make demo`."""
     from learnsparse import train
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     root = tmp_path_factory.mktemp("docs")
     train(compose(["experiment=quickstart", *TINY_FASHION, f"paths.log_dir={root}/outputs"]))
@@ -124,7 +124,7 @@ def python_pages():
 
 @pytest.mark.parametrize("page", python_pages())
 def test_documented_python_runs(page, docs_folder, monkeypatch):
-    import learnsparse.config_dir as config_dir
+    import learnsparse.core.config_dir as config_dir
 
     real_compose = config_dir.compose
 
@@ -147,7 +147,7 @@ def test_documented_python_runs(page, docs_folder, monkeypatch):
 
 
 def _options(group: str) -> list[str]:
-    from learnsparse.config_dir import config_dir
+    from learnsparse.core.config_dir import config_dir
 
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 

@@ -15,7 +15,7 @@ from .test_cli_errors import assert_one_line_error
 
 @pytest.fixture(scope="module")
 def condensed_run(tmp_path_factory):
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     from .conftest import TINY
 
@@ -50,8 +50,8 @@ def test_export_writes_every_format_and_they_round_trip(condensed_run):
     # condensed.pt: plain tensors only, rebuilt by learnsparse.export.load, same outputs as the trained model.
     blob = torch.load(out / "condensed.pt", weights_only=True)
     assert blob["format"] == "learnsparse.condensed"
+    from learnsparse.core.checkpoint_io import load_checkpoint
     from learnsparse.export.from_checkpoint import model_from_checkpoint
-    from learnsparse.engine.checkpoint_io import load_checkpoint
 
     trained, _, shape = model_from_checkpoint(load_checkpoint(condensed_run / "checkpoints/last.pt"),
                                               condensed_run / "checkpoints/last.pt")

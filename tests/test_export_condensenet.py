@@ -3,12 +3,12 @@ import copy
 import pytest
 import torch
 
+from learnsparse.core.counting import count_params, macs_by_module
 from learnsparse.export import ExportMismatchError, condense, condense_with_details, register_converter
-from learnsparse.export.measure import count_params, macs_by_module
+from learnsparse.layers import LearnedGroupConv
+from learnsparse.layers.condensed_dense_block import CondensedDenseBlock
+from learnsparse.layers.dense_block import DenseLayer
 from learnsparse.models import create_model
-from learnsparse.models.condensenet import DenseLayer
-from learnsparse.nn import LearnedGroupConv
-from learnsparse.nn.condensed_dense_block import CondensedDenseBlock
 
 
 def _trained(name: str, stage: int | None = None, seed: int = 0, **kw):

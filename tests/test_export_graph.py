@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from learnsparse import sparsify
-from learnsparse.end_state import at_end_state
 from learnsparse.export import condense, dense_equivalent, load, save_onnx, save_pt2
 from learnsparse.export.artifacts import quiet_onnx_export, save_condensed
+from learnsparse.layers import FLGConv, LearnedGroupConv
+from learnsparse.layers.end_state import at_end_state
+from learnsparse.layers.igc_conv import IGCConv
 from learnsparse.models import create_model
-from learnsparse.nn import FLGConv, LearnedGroupConv
-from learnsparse.nn.igc import IGCConv
 
 from .structured_zeros import place_structured_zeros
 

@@ -6,12 +6,13 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from learnsparse.core.counting import count_params, macs_by_module
 from learnsparse.export import condense_with_details, load
 from learnsparse.export.artifacts import save_condensed, save_pt2
-from learnsparse.export.measure import count_params, macs_by_module
+from learnsparse.layers.lowered_conv import LoweredConv2d
+from learnsparse.layers.shortcut_only import ShortcutOnly
 from learnsparse.models import create_model
-from learnsparse.nn.lowered_conv import LoweredConv2d
-from learnsparse.nn.shortcut_only import ShortcutOnly
+
 from .structured_zeros import place_structured_zeros, with_shape_sparse_conv
 
 ARCHS = {  # name: (in_channels, input size)
@@ -103,7 +104,7 @@ def test_constant_channels_fold_into_linear_and_unpadded_1x1_readers(tmp_path):
     result = condense_with_details(m, x)
     assert result.model.conv1.out_channels == 6 and result.model.conv2.in_channels == 6
     assert result.model.conv2.out_channels == 6 and result.model.fc.in_features == 6
-    assert result.model.conv2.bias is not None and result.structure["bias_added"] == ["conv2"]
+    assert result.model.conv2.bias is not None and result.pass_edits["bias_added"] == ["conv2"]
     _assert_equal(m, result.model, torch.randn(3, 3, 9, 9))
 
 
@@ -200,7 +201,7 @@ def test_batchnorms_after_convs_fold_into_them(name):
     result = condense_with_details(model, x)
     # These nets are conv → BN throughout: every BatchNorm left after the structure passes
     # (dead branches take theirs along) is folded.
-    assert len(result.structure["batchnorm_folded"]) > 0
+    assert len(result.pass_edits["batchnorm_folded"]) > 0
     assert not any(isinstance(m, nn.BatchNorm2d) for m in result.model.modules())
     _assert_equal(model, result.model, _inputs(name, batch=2, seed=11))
 

@@ -9,13 +9,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from learnsparse import train
-from learnsparse.engine.checkpoint_io import load_checkpoint
+from learnsparse.core.checkpoint_io import load_checkpoint
 from learnsparse.export import condense_with_details
+from learnsparse.layers.flgc_conv import FLGConv
+from learnsparse.layers.group_assignment import balanced_assignment
+from learnsparse.layers.permuted_group_conv import PermutedGroupConv, choose_layout
 from learnsparse.models import create_model
-from learnsparse.nn.flgc import FLGConv
-from learnsparse.nn.group_assignment import balanced_assignment
-from learnsparse.nn.permuted_group_conv import PermutedGroupConv, choose_layout
-from learnsparse.learned_grouping import sparsify
+from learnsparse.sparsity.learned_grouping import sparsify
 
 
 @settings(max_examples=60, deadline=None)
@@ -142,9 +142,10 @@ def test_flgc_run_learns_assignments_then_freezes_and_exports(tiny_cfg, tmp_path
 
     # learnsparse-export replays sparsify from the run's config; condensed.pt rebuilds the same
     # layouts, folded permutations and BatchNorms, and computes what the trained model does.
+    from omegaconf import OmegaConf
+
     from learnsparse.export import load
     from learnsparse.export.from_checkpoint import export_checkpoint
-    from omegaconf import OmegaConf
 
     export_checkpoint(OmegaConf.create({
         "checkpoint": str(tmp_path / "run" / "checkpoints" / "last.pt"), "formats": ["pt"], "output_dir": None,
@@ -186,7 +187,7 @@ def test_output_permutations_fold_into_batchnorm_and_readers(balanced):
     result = condense_with_details(model, x)
     if balanced:  # both put-backs are permutations: BatchNorm, the next gather or the head absorb them
         assert result.model.a.out_index is None and result.model.b.out_index is None
-        assert result.structure["permutations_folded"] == 2
+        assert result.pass_edits["permutations_folded"] == 2
     with torch.no_grad():
         assert torch.allclose(model(x), result.model(x), atol=1e-5)
 
@@ -194,7 +195,7 @@ def test_output_permutations_fold_into_batchnorm_and_readers(balanced):
 def test_assignments_learn_on_real_images(tmp_path):
     # Fashion-MNIST images (a 600-image slice in tests/data), not synthetic noise: the
     # assignment logits get gradient from the real loss and the hard groups move while they learn.
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     data = Path(__file__).parent / "data" / "fashion-mnist"
     cfg = compose(["experiment=quickstart", "model.name=condensenet_mini_plain", "sparsity=flgc",
@@ -240,7 +241,7 @@ def test_logged_macs_count_images_not_the_assignment_arithmetic():
     import torchvision
 
     from learnsparse import sparsify
-    from learnsparse.engine.model_stats import model_stats
+    from learnsparse.core.counting import model_stats
 
     model = torchvision.models.resnet18(num_classes=10)
     dense = model_stats(model, torch.zeros(1, 3, 32, 32))["macs"]

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from learnsparse import connectivity as C
 from learnsparse.export import condense, dense_equivalent
+from learnsparse.layers import connectivity as C
+from learnsparse.layers.igc_conv import IGCConv
 from learnsparse.models import create_model
 from learnsparse.models.igc import block_params, width
-from learnsparse.nn.igc import IGCConv
 
 from .test_export_graph import FORBIDDEN, _as_trained, onnx_ops
 

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from hydra.utils import instantiate
 
-from learnsparse.errors import UserError
+from learnsparse.core.errors import UserError
 from learnsparse.engine.init_weights import load_init
 from learnsparse.engine.run import build_model_and_plugins, find_start
 from learnsparse.models import create_model

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from learnsparse.nn import IndexSelectGroupConv, LearnedGroupConv
+from learnsparse.layers import IndexSelectGroupConv, LearnedGroupConv
 
 
 def _randomize(layer: LearnedGroupConv, seed: int) -> None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from learnsparse.errors import UserError
+from learnsparse.core.errors import UserError
 from learnsparse.models import create_model, list_models
 
 CORE = ["lenet5", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16_bn", "vgg19_bn", "densenet_bc_100",

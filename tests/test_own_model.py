@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from learnsparse import train
-from learnsparse.engine.checkpoint_io import load_checkpoint
+from learnsparse.core.checkpoint_io import load_checkpoint
 from learnsparse.engine.run import build_model_and_plugins, find_start
 from learnsparse.models import create_model
 

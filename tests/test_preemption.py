@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from learnsparse.engine.checkpoint_io import load_checkpoint
+from learnsparse.core.checkpoint_io import load_checkpoint
 from learnsparse.engine.preemption import EXIT_PREEMPTED
 
 from .conftest import TINY

@@ -8,17 +8,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.checkpoint_io import load_checkpoint
+from learnsparse.core.checkpoint_io import load_checkpoint
+from learnsparse.core.layer_types import register_layer_type
 from learnsparse.export import condense_with_details, load
 from learnsparse.export.artifacts import save_condensed
-from learnsparse.layer_types import register_layer_type
 
 from .cli_runner import run_cli
 from .test_cli_errors import assert_one_line_error
 
 USER_PACKAGE = '''
 import torch.nn as nn
-from learnsparse.sparsity.flgc import FLGCSchedule
+from learnsparse.sparsity.flgc_schedule import FLGCSchedule
 
 
 class TinyNet(nn.Module):
@@ -170,7 +170,7 @@ def test_a_new_layer_type_exports_and_reloads_end_to_end(tmp_path, seed):
 @pytest.fixture(scope="module")
 def condensenet_checkpoint(tmp_path_factory):
     from learnsparse import train
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     from .conftest import TINY
 
@@ -225,6 +225,6 @@ def test_preflight_checks_device_and_data_before_any_folder(tmp_path):
 
 
 def test_flgconv_is_public():
-    from learnsparse.nn import FLGConv
+    from learnsparse.layers import FLGConv
 
-    assert FLGConv.__module__ == "learnsparse.nn.flgc"
+    assert FLGConv.__module__ == "learnsparse.layers.flgc_conv"

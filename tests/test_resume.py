@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from learnsparse.engine.checkpoint_io import load_checkpoint
+from learnsparse.core.checkpoint_io import load_checkpoint
 
 from .cli_runner import run_cli
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from learnsparse.core import runtimes
+from learnsparse.core.runtimes import export_target, layer_runtime, runner, target_runtime
 from learnsparse.export import register_runtime
-from learnsparse.export import runtimes
-from learnsparse.export.runtimes import export_target, layer_runtime, runner, target_runtime
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "export.md"
 
@@ -66,8 +66,8 @@ def test_targets_name_their_runtimes_and_unknown_names_say_what_exists():
 
 
 def test_a_registered_runtime_is_a_target_for_condense_and_its_runner_is_what_the_tactics_time(monkeypatch):
-    from learnsparse.end_state import at_end_state
     from learnsparse.export import condense_with_details
+    from learnsparse.layers.end_state import at_end_state
     from learnsparse.models import create_model
 
     calls = []

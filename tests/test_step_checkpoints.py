@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from learnsparse.core.checkpoint_io import load_checkpoint, save_atomic
+from learnsparse.core.distributed import DistEnv
 from learnsparse.data import DataBundle
-from learnsparse.engine.checkpoint_io import load_checkpoint, save_atomic
-from learnsparse.engine.distributed import DistEnv
 from learnsparse.engine.loaders import build_loaders
 from learnsparse.engine.step_checkpoints import newest_valid, step_files
 

@@ -57,7 +57,7 @@ def test_grouped_conv_loses_the_same_count_from_each_group():
     result = condense_with_details(m, x, channels_last=False)
     conv2 = result.model.conv2
     assert conv2.groups == 4 and conv2.in_channels == 8 and conv2.out_channels == 16  # 2 from each group
-    kept = {k["layer"]: k for k in result.structure["kept_zeros"]}
+    kept = {k["layer"]: k for k in result.pass_edits["kept_zeros"]}
     assert kept["conv1"]["channels"] == 1 and "grouped conv (groups=4)" in kept["conv1"]["reason"]
     assert any("zero channels kept" in after for layer, _, after in result.converted if layer == "conv1")
     _same(m, result.model, torch.randn(3, 3, 8, 8))
@@ -107,7 +107,7 @@ def test_channel_shuffle_and_split_never_break_the_model():
     x = torch.randn(2, 3, 8, 8)
     result = condense_with_details(m, x, channels_last=False)
     assert result.model.conv1.out_channels == 4 and result.model.conv2.in_channels == 4
-    kept = {k["layer"]: k["reason"] for k in result.structure["kept_zeros"]}
+    kept = {k["layer"]: k["reason"] for k in result.pass_edits["kept_zeros"]}
     assert {"stem", "conv2"} <= set(kept), kept
     _same(m, result.model, torch.randn(3, 3, 8, 8))
 
@@ -141,7 +141,7 @@ def test_partial_channel_add_and_narrow_are_exact_or_kept():
     assert result.max_abs_diff <= 1e-5 * result.output_scale
     _same(m, result.model, torch.randn(3, 3, 8, 8))
     # Every layer with dead filters lost them, or is listed with a reason.
-    kept = {k["layer"] for k in result.structure["kept_zeros"]}
+    kept = {k["layer"] for k in result.pass_edits["kept_zeros"]}
     for name, width in (("conv1", 8), ("conv2", 4), ("conv3", 6)):
         assert result.model.get_submodule(name).out_channels < width or name in kept, (name, kept)
 
@@ -207,7 +207,7 @@ def test_a_failing_dependency_graph_keeps_every_zero_and_says_so(monkeypatch):
     x = torch.randn(2, 3, 8, 8)
     result = condense_with_details(m, x, channels_last=False)
     assert result.model.conv1.out_channels == 16
-    kept = result.structure["kept_zeros"]
+    kept = result.pass_edits["kept_zeros"]
     assert [k["layer"] for k in kept] == ["conv1"] and "ZeroDivisionError" in kept[0]["reason"]
 
 

@@ -23,7 +23,7 @@ import compare_group_convs  # noqa: E402
 def test_every_study_row_composes_and_builds(rows, tmp_path):
     from hydra.utils import instantiate
 
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     for label, overrides in rows.items():
         cfg = compose([*overrides, "seed=0", "trainer.epochs=1", f"paths.output_dir={tmp_path}"])

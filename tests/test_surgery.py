@@ -12,11 +12,11 @@ import torch
 import torch.nn as nn
 
 from learnsparse import sparsify, train
+from learnsparse.core.checkpoint_io import load_checkpoint
+from learnsparse.core.record import edits_of
 from learnsparse.engine import HookBase, Trainer
-from learnsparse.engine.checkpoint_io import load_checkpoint
+from learnsparse.layers import FLGConv, LearnedGroupConv
 from learnsparse.models import create_model
-from learnsparse.nn import FLGConv, LearnedGroupConv
-from learnsparse.record import edits_of
 from learnsparse.sparsity.condense_in_training import swap_in_training
 from learnsparse.sparsity.regularizers import GroupPenalty
 from learnsparse.sparsity.report import SparsityReport

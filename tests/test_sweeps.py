@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from learnsparse.engine.checkpoint_io import load_checkpoint
+from learnsparse.core.checkpoint_io import load_checkpoint
 from learnsparse.engine.resume import find_resume_checkpoint
 
 from .cli_runner import run_cli
@@ -64,13 +64,12 @@ def test_slurm_config_makes_a_valid_sbatch_array(tmp_path, monkeypatch):
     """The shipped submitit_slurm config, through the plugin's own launch code up to `sbatch`:
     every key is one submitit accepts, and the script asks for one GPU and one task per job."""
     import submitit
+    from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
     from submitit.slurm.slurm import SlurmExecutor
 
-    from learnsparse.config_dir import CONFIG_MODULE
-
-    from hydra import compose, initialize_config_module
+    from learnsparse.core.config_dir import CONFIG_MODULE
 
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=submitit_slurm", f"hydra.sweep.dir={tmp_path}/sweep",

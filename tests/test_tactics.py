@@ -8,8 +8,8 @@ import torch
 from learnsparse import sparsify
 from learnsparse.export import condense_with_details, load
 from learnsparse.export.artifacts import save_condensed
+from learnsparse.layers import FLGConv, LearnedGroupConv
 from learnsparse.models import create_model
-from learnsparse.nn import FLGConv, LearnedGroupConv
 
 SPEC = {"_target_": "learnsparse.models.create_model", "num_classes": 10}
 

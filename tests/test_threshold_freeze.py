@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from learnsparse import train
+from learnsparse.core.checkpoint_io import load_checkpoint
 from learnsparse.engine import NonFiniteLossError
-from learnsparse.engine.checkpoint_io import load_checkpoint
 from learnsparse.export import condense_with_details
 from learnsparse.models import create_model
 from learnsparse.sparsity.report import layer_sparsity

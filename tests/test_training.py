@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from learnsparse import UserError, train
+from learnsparse.core.checkpoint_io import load_checkpoint
 from learnsparse.engine import HookBase, NonFiniteLossError, Trainer
-from learnsparse.engine.checkpoint_io import load_checkpoint
 from learnsparse.engine.lr_schedules import cosine, multistep
 
 from .helpers import resnet_cifar_params

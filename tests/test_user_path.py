@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from learnsparse.errors import UserError
+from learnsparse.core.errors import UserError
 
 from .cli_runner import run_cli
 from .conftest import TINY
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("data, folder", [("cifar10", "cifar-10-batches-py/"), ("imagenet", "train/ and val/")])
 def test_data_root_is_the_key_the_docs_use(tmp_path, data, folder):
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     cfg = compose([f"data={data}", f"data.root={tmp_path}/sets", "model=resnet20"])
     assert cfg.data.dataset.root == f"{tmp_path}/sets"
@@ -139,8 +139,8 @@ def dead_channel_lenet(tmp_path_factory):
     """A LeNet-5 checkpoint whose second conv lost half its filters: the classifier's inputs
     shrink too, although no pass names it."""
     from learnsparse import train
-    from learnsparse.config_dir import compose
-    from learnsparse.engine.checkpoint_io import load_checkpoint, save_atomic
+    from learnsparse.core.checkpoint_io import load_checkpoint, save_atomic
+    from learnsparse.core.config_dir import compose
 
     out = tmp_path_factory.mktemp("lenet")
     train(compose([*TINY, "model=lenet5", "data.dataset.image_size=28", "data.in_channels=1", "trainer.epochs=1",
@@ -155,7 +155,7 @@ def dead_channel_lenet(tmp_path_factory):
 
 
 def _lenet_conv_keys(ckpt_path):
-    from learnsparse.engine.checkpoint_io import load_checkpoint
+    from learnsparse.core.checkpoint_io import load_checkpoint
 
     return [k for k, v in load_checkpoint(ckpt_path)["model"].items() if v.dim() == 4]
 
@@ -250,7 +250,7 @@ def test_wheel_trains_and_exports_outside_the_checkout(tmp_path):
 
 def test_compose_without_output_dir_gives_a_run_folder(tmp_path, monkeypatch):
     from learnsparse import train
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     monkeypatch.chdir(tmp_path)
     cfg = compose([*TINY, "model=lenet5", "data.dataset.image_size=28", "trainer.epochs=1"])
@@ -268,9 +268,9 @@ def test_library_calls_leave_global_state_alone(tmp_path):
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
+    from learnsparse.core.runtimes import interleaved_latency
     from learnsparse.export.artifacts import save_onnx
-    from learnsparse.export.measure import interleaved_latency
 
     with initialize_config_module("learnsparse.configs", version_base="1.3"):
         outer = GlobalHydra.instance().hydra

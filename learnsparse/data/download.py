@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from learnsparse.errors import UserError, first_line
+from learnsparse.core.errors import UserError, first_line
 
 
 def fetch(name: str, download: Callable[[], object], root: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from learnsparse.errors import UserError
+from learnsparse.core.errors import UserError
 
 from . import transforms as T
 from .bundle import DataBundle

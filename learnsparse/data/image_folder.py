@@ -3,7 +3,7 @@ from pathlib import Path
 
 from torchvision import datasets
 
-from learnsparse.errors import UserError
+from learnsparse.core.errors import UserError
 
 from . import transforms as T
 from .bundle import DataBundle

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from learnsparse.engine.hook_base import HookBase
-from learnsparse.errors import UserError, first_line
+from learnsparse.core.errors import UserError, first_line
+from learnsparse.core.hook_base import HookBase
 
 
 class KnowledgeDistillation(HookBase):

@@ -6,7 +6,7 @@ for importing torch and torchvision.
 import importlib
 
 _EXPORTS = {
-    "HookBase": ".hook_base",
+    "HookBase": "learnsparse.core.hook_base",
     "Trainer": ".trainer",
     "NonFiniteLossError": ".trainer",
     "train": ".run",

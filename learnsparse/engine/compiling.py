@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from learnsparse.errors import UserError
+from learnsparse.core.errors import UserError
 
 log = logging.getLogger("learnsparse")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from learnsparse.errors import UserError, find_cause
+from learnsparse.core.errors import UserError, find_cause
 
 
 def _resolves(cfg: DictConfig) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from learnsparse.errors import UserError
+from learnsparse.core.errors import UserError
 
 
 def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:

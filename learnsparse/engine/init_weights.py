@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from learnsparse.errors import UserError, first_line
+from learnsparse.core.errors import UserError, first_line
+from learnsparse.core.provenance import mark_loaded
 from learnsparse.models.torchvision_models import first_conv, fold_rgb, output_layer
 
 log = logging.getLogger("learnsparse")
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
-_LOADED_ATTR = "_learnsparse_init_from"
 _SHOWN = 8  # names listed in a message before "and N more"
 
 
@@ -108,19 +108,8 @@ def init_weights(model: nn.Module, init: dict, path: str | os.PathLike, what: st
         model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise UserError(f"{what} does not fit this model ({first_line(e)})") from e
-    model.__dict__[_LOADED_ATTR] = {"path": str(path), "new_head": new_head}
+    mark_loaded(model, str(path), new_head)
     log.info("%s: loaded%s", what, "".join(f"; {n}" for n in notes))
-
-
-def loaded_from(model: nn.Module) -> str | None:
-    """The file `trainer.init_from` loaded into this model, or None: a plugin that would
-    re-initialise weights (bn_slimming's gamma_init) leaves loaded ones alone."""
-    return (model.__dict__.get(_LOADED_ATTR) or {}).get("path")
-
-
-def has_new_head(model: nn.Module) -> bool:
-    """True when init_from left this model's classifier untrained (another number of classes)."""
-    return bool((model.__dict__.get(_LOADED_ATTR) or {}).get("new_head"))
 
 
 def _head_keys(model: nn.Module) -> list[str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from learnsparse.core.distributed import DistEnv
 from learnsparse.data import DataBundle
 from learnsparse.data.sampling import EpochShuffle, SeededDataset, SeededSampler
 
-from .distributed import DistEnv
 from .resumable_sampler import ResumableSampler
 
 

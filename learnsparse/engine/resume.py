@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from learnsparse.errors import UserError
+from learnsparse.core.errors import UserError
 
 from .step_checkpoints import newest_valid
 

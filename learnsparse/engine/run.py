@@ -6,29 +6,27 @@ line and leaves nothing behind) and hands that same Run to the Hydra task; `trai
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from learnsparse.errors import UserError, find_cause, first_line
-from learnsparse.record import model_name, rebuild
+from learnsparse.core.counting import model_stats
+from learnsparse.core.distributed import DistEnv, init_distributed, shutdown_distributed
+from learnsparse.core.errors import UserError, find_cause, first_line
+from learnsparse.core.plugins import build_node, build_plugins
+from learnsparse.core.record import model_name, rebuild
 
 from .config_checks import check_config
 from .devices import select_device
-from .distributed import DistEnv, init_distributed, shutdown_distributed
 from .held_log import held, tell
 from .hooks import CheckpointHook, EvalHook, MetricsLogHook, ProgressBarHook, TrainStatsHook
 from .init_weights import init_weights
 from .loaders import build_loaders
-from .model_stats import model_stats
-from ..sparsity.connectivity import connectivity_image, fixed_sparse_layers
 from .seeding import seed_everything
 from .start import Start, find_start, restore
 from .step_checkpoints import step_options
@@ -36,46 +34,6 @@ from .teacher import build_distill
 from .trainer import Trainer
 
 log = logging.getLogger("learnsparse")
-
-
-def build_node(node, what: str, **kwargs):
-    try:
-        return instantiate(node, **kwargs)
-    except UserError:
-        raise
-    except Exception as e:
-        # Hydra wraps the real cause; the innermost message is the one that names the problem.
-        cause = find_cause(e)
-        if isinstance(cause, UserError):
-            raise cause from e
-        raise UserError(f"cannot build {what}: {first_line(cause, limit=None)}") from e
-
-
-def build_plugins(cfg: DictConfig, model: torch.nn.Module, input_shape: list[int] | None = None) -> list:
-    """Each entry of `sparsity` is a partial that takes the model; it may change the model's
-    layers, so plugins are built before the optimizer sees the parameters."""
-    plugins = []
-    # The top-level budget goes to every plugin that takes one (threshold, lgc, flgc).
-    budget = OmegaConf.to_container(cfg.budget, resolve=True) if cfg.get("budget") is not None else None
-    budget = budget if budget and any(budget.get(k) is not None for k in ("macs", "params", "latency")) else None
-    if budget:
-        budget["input_shape"] = input_shape  # lgc and flgc choose their setting before training
-    met = False
-    for name, node in (cfg.get("sparsity") or {}).items():
-        plugin = build_node(node, f"sparsity.{name}")
-        if callable(plugin) and not hasattr(plugin, "before_train"):
-            extra = {"budget": budget} if budget and "budget" in inspect.signature(plugin).parameters else {}
-            met |= bool(extra)
-            try:
-                plugin = plugin(model=model, **extra)
-            except (ValueError, TypeError) as e:  # a plugin refusing its settings or this model
-                raise UserError(f"sparsity.{name}: {first_line(e, limit=None)}") from e
-        plugin.name = name
-        plugins.append(plugin)
-    if budget and not met:
-        raise UserError("budget: no sparsity plugin of this run meets a budget; add threshold (after SSL, group lasso "
-                        "or slimming), lgc or flgc to sparsity")
-    return plugins
 
 
 def build_data(cfg: DictConfig):
@@ -185,10 +143,6 @@ def build_trainer(cfg: DictConfig, model: torch.nn.Module, bundle, device: torch
     example = bundle.val[0][0].unsqueeze(0).to(device, memory_format=trainer.memory_format)
     trainer.model_stats = model_stats(model, example)
     trainer.input_shape = list(example.shape[1:])
-    # The connection matrix of every layer that has one (fixed tables, IGC, learned groupings
-    # as they start), under the tag the sparsity plugins update as the structure changes.
-    for name, layer in fixed_sparse_layers(model):
-        trainer.events.put_image(f"connectivity/{name}", connectivity_image(layer), 0)
     return trainer, val_loader
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from learnsparse.errors import UserError, first_line
+from learnsparse.core.checkpoint_io import load_checkpoint, set_rng_state
+from learnsparse.core.errors import UserError, first_line
 
-from .checkpoint_io import load_checkpoint, set_rng_state
 from .init_weights import load_init
 from .resume import find_resume_checkpoint
 from .trainer import Trainer

@@ -52,7 +52,7 @@ def newest_valid(directory: Path) -> Path | None:
 
 def step_options(node) -> dict:
     """`trainer.checkpoint` as CheckpointHook's keywords; a bad value is one UserError line."""
-    from learnsparse.errors import UserError
+    from learnsparse.core.errors import UserError
 
     node = dict(node or {})
     unknown = sorted(set(node) - {"every_steps", "every_minutes", "keep"})

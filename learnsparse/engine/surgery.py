@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from learnsparse.record import declare_edit
+from learnsparse.core.record import declare_edit
 
 from .sliced_state import holding, sliced_optimizer_state
 
@@ -181,7 +181,7 @@ def replace_modules(trainer, mapping: dict[str, nn.Module], *, verify: bool = Tr
     place, or returning the changed model): it slices the optimizer state. Without it, state
     follows the parameters whose names and shapes stay, and the others start without state.
     `fresh`: names of new parameters that start without state (a bias a pass added). `edit`:
-    {"op": …, facts…} for the architecture record."""
+    {"op": …, "redone_by": the function `rebuild` redoes it with, facts…} for the architecture record."""
     model = trainer.unwrapped_model
     if "" in mapping:
         mapping = changed_modules(model, mapping[""])
@@ -221,7 +221,7 @@ def replace_modules(trainer, mapping: dict[str, nn.Module], *, verify: bool = Tr
     _optimizer_update(optimizer, model, old, mapping, sliced, set(fresh))
     if edit is not None:
         facts = dict(edit)
-        declare_edit(model, facts.pop("op"), **facts)
+        declare_edit(model, facts.pop("op"), facts.pop("redone_by"), **facts)
     rewrap(trainer)
     notify = getattr(trainer, "notify_model_changed", None)
     if notify is not None:

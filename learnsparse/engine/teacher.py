@@ -15,10 +15,11 @@ import torch.nn as nn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from learnsparse.errors import UserError, find_cause, first_line
-from learnsparse.record import rebuild
+from learnsparse.core.errors import UserError, find_cause, first_line
+from learnsparse.core.provenance import has_new_head
+from learnsparse.core.record import rebuild
 
-from .init_weights import has_new_head, init_weights, load_init
+from .init_weights import init_weights, load_init
 
 
 def build_distill(cfg: DictConfig, model: nn.Module, start) -> list:

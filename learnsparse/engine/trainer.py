@@ -14,13 +14,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .checkpoint_io import set_rng_state
-from .compiling import ModelCompiler, compile_spec
-from .distributed import agree_any, barrier
-from learnsparse.errors import UserError
+from learnsparse.core.checkpoint_io import set_rng_state
+from learnsparse.core.distributed import agree_any, barrier
+from learnsparse.core.errors import UserError
+from learnsparse.core.events import EventStorage
+from learnsparse.core.hook_base import HookBase, overrides
 
-from .events import EventStorage
-from .hook_base import HookBase, overrides
+from .compiling import ModelCompiler, compile_spec
 from .preemption import Preempted, PreemptionHandler, requeue_slurm_job
 from .seeding import epoch_seed, seed_everything
 

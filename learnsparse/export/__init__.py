@@ -7,12 +7,13 @@
     learnsparse.export.save_onnx(model, example, "model.onnx")    # an in-memory model's files
     learnsparse.export.save_pt2(model, example, "model.pt2")
 """
+from learnsparse.core.layer_types import dense_equivalent
+from learnsparse.core.runtimes import register_runtime
+
 from .artifacts import load, save_onnx, save_pt2
 from .condense import ExportResult, condense, condense_with_details
-from .dense_form import dense_equivalent
 from .from_checkpoint import export, load_trained
 from .registry import register_converter
-from .runtimes import register_runtime
 from .verify import ExportMismatchError
 
 __all__ = ["ExportMismatchError", "ExportResult", "condense", "condense_with_details", "dense_equivalent", "export", "load",

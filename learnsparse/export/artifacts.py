@@ -7,19 +7,16 @@ its learned structure. `load()` rebuilds the deployed model from the record.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-import logging
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.checkpoint_io import read_weights_only, save_atomic
-from learnsparse.errors import UserError, first_line
-from learnsparse.record import architecture_record, rebuild
+from learnsparse.core.checkpoint_io import read_weights_only, save_atomic
+from learnsparse.core.errors import UserError, first_line
+from learnsparse.core.graph_capture import graph_form, quiet_onnx_export
+from learnsparse.core.record import architecture_record, rebuild
 
 FORMAT = "learnsparse.condensed"
 VERSION = 2
@@ -64,14 +61,6 @@ def record_from_version_1(blob: dict) -> dict:
             "structure": {}}
 
 
-def graph_form(deployed: nn.Module) -> nn.Module:
-    """What the graph exporters trace: the deployed model with plain (NCHW-contiguous) weights.
-    Channels-last is an eager-PyTorch layout choice; graphs have no memory format, and traced
-    channels-last tensors bring stride arithmetic (Shape, Range, Mul) into the graph. Graph
-    runtimes (ONNX Runtime, TensorRT, inductor) pick their own layouts."""
-    return copy.deepcopy(deployed).to(memory_format=torch.contiguous_format).eval()
-
-
 def save_pt2(deployed: nn.Module, example: torch.Tensor, path: str | Path) -> torch.export.ExportedProgram:
     """`deployed` (from `condense` or `load`) as a torch.export program with a dynamic batch
     dimension, written to `path` (it loads with torch.export.load alone); returns the program."""
@@ -86,22 +75,6 @@ def save_pt2(deployed: nn.Module, example: torch.Tensor, path: str | Path) -> to
         warnings.filterwarnings("ignore", message="No complete tensor found in the group")
         torch.export.save(program, str(path))
     return program
-
-
-@contextlib.contextmanager
-def quiet_onnx_export():
-    """The ONNX exporter and its graph optimizer narrate every step on stdout and through
-    logging; what matters is checked afterwards (against onnxruntime). Loggers are restored."""
-    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
-    levels = [q.level for q in quiet]
-    try:
-        for q in quiet:
-            q.setLevel(logging.ERROR)
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        for q, level in zip(quiet, levels):
-            q.setLevel(level)
 
 
 def _example(example) -> torch.Tensor:

@@ -9,16 +9,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from learnsparse.record import declare_edit, structure_of
+from learnsparse.core.record import declare_edit, learned_structure, restore_structure
+from learnsparse.core.runtimes import target_runtime
 
-from . import (condensenet_converter, connectivity_converter, flgc_converter, igc_converter,  # noqa: F401
-               lgc_converter)  # (built-in layer types)
 from .classifier import last_linear, prune_classifier_inputs
 from .registry import convert_modules
-from .runtimes import target_runtime
+from .structure.passes import remove_dead_structure, replay
 from .tactics import DENSE, SPARSE, choose_tactics, whole_model_ms
 from .thinned_widths import choose_widths
-from .structure.passes import remove_structure
 from .verify import check_equivalent, max_difference, verification_inputs
 
 
@@ -29,7 +27,7 @@ class ExportResult:
     max_abs_diff: float = 0.0
     output_scale: float = 0.0
     exact: bool = True
-    structure: dict = field(default_factory=dict)  # what the structure passes did (replayed by `load`)
+    pass_edits: dict = field(default_factory=dict)  # what the structure passes did (replayed by `load`)
     tactics: dict = field(default_factory=dict)  # per learned layer: the form chosen, and why
     widths: dict = field(default_factory=dict)  # thinned layers: the width form chosen, and why
 
@@ -94,10 +92,10 @@ def condense_with_details(model: nn.Module, example_inputs, *, classifier_keep: 
                 ms = whole_model_ms({k: r.model for k, r in candidates.items()}, example_inputs, target, batch,
                                     threads)
                 result = candidates[min(ms, key=ms.get)]
-        if target and measure and result.structure.get("pruning_history"):
+        if target and measure and result.pass_edits.get("pruning_history"):
             # Thinned layers' widths: exact, padded to a multiple of 8 or 16, or dense (thinned_widths.py).
             model_out, widths = choose_widths(model.eval(), result.model, example_inputs, target, batch, threads,
-                                              rtol, bool(result.structure.get("channels_last")))
+                                              rtol, bool(result.pass_edits.get("channels_last")))
             result = dataclasses.replace(result, model=model_out, widths=widths)
         return result
     finally:
@@ -110,35 +108,35 @@ def _condense(trained: nn.Module, example_inputs: torch.Tensor, classifier_keep,
     exported = copy.deepcopy(trained).eval()
     forms = {name: t["form"] for name, t in tactics.items()}
     # Each step is declared on the exported model's record, so `load` rebuilds the same layers.
-    declare_edit(exported, "convert", structure=structure_of(exported), forms=forms)
+    declare_edit(exported, "convert", redo_convert, structure=learned_structure(exported), forms=forms)
     with torch.no_grad():
         rows = convert_modules(exported, forms)
     converted = [(n, type(old).__name__, type(new).__name__) for n, old, new in rows]
-    structure_rows, structure = remove_structure(exported, example_inputs[:1])
-    declare_edit(exported, "structure_passes", edits=structure, input_shape=list(example_inputs.shape[1:]))
+    structure_rows, pass_edits = remove_dead_structure(exported, example_inputs[:1])
+    declare_edit(exported, "structure_passes", redo_structure_passes, edits=pass_edits, input_shape=list(example_inputs.shape[1:]))
     converted += structure_rows
     lossy = classifier_keep is not None and classifier_keep < 1
     if lossy:
         with torch.no_grad():
             name, linear = last_linear(exported)
             exported.set_submodule(name, prune_classifier_inputs(linear, classifier_keep))
-        declare_edit(exported, "prune_classifier", keep=float(classifier_keep))
+        declare_edit(exported, "prune_classifier", redo_prune_classifier, keep=float(classifier_keep))
         converted.append((name, type(linear).__name__, "IndexSelectLinear"))
     if channels_last and example_inputs.dim() == 4:
         # A conv whose weight is NHWC gives an NHWC output, so the whole network then runs in
         # the layout oneDNN (CPU) and cuDNN under AMP are fastest in, even for NCHW inputs
         # (docs/performance.md).
         exported = exported.to(memory_format=torch.channels_last)
-        declare_edit(exported, "memory_format", channels_last=True)
-        structure["channels_last"] = True
+        declare_edit(exported, "memory_format", redo_memory_format, channels_last=True)
+        pass_edits["channels_last"] = True
     exported.eval()
     inputs = verification_inputs(example_inputs)
     if lossy:
         # Lossy by request: measured and reported, not required to match.
         diff, scale = max_difference(trained, exported, inputs)
-        return ExportResult(exported, converted, diff, scale, exact=False, structure=structure, tactics=tactics)
+        return ExportResult(exported, converted, diff, scale, exact=False, pass_edits=pass_edits, tactics=tactics)
     diff, scale = check_equivalent(trained, exported, inputs, rtol)
-    return ExportResult(exported, converted, diff, scale, structure=structure, tactics=tactics)
+    return ExportResult(exported, converted, diff, scale, pass_edits=pass_edits, tactics=tactics)
 
 
 def condense(model: nn.Module, example_inputs, **options) -> nn.Module:
@@ -151,3 +149,27 @@ def condense(model: nn.Module, example_inputs, **options) -> nn.Module:
     warning under 8 images). Options: those of `condense_with_details` (`classifier_keep`, `rtol`,
     `channels_last`, `target`, `batch`, `threads`, `measure`)."""
     return condense_with_details(model, example_inputs, **options).model
+
+
+# How `rebuild` redoes each step when a deployed model is loaded (weights come afterwards,
+# from the saved state dict).
+@torch.no_grad()
+def redo_convert(model: nn.Module, edit: dict) -> None:
+    # The converters read the learned structure (masks, assignments) the export saw.
+    restore_structure(model, edit.get("structure", {}))
+    convert_modules(model, edit.get("forms"))
+
+
+def redo_structure_passes(model: nn.Module, edit: dict) -> None:
+    """The structure passes' edits replayed (an export's, or a shrink's during training)."""
+    replay(model, edit["edits"], torch.zeros(1, *edit["input_shape"]))
+
+
+@torch.no_grad()
+def redo_prune_classifier(model: nn.Module, edit: dict) -> None:
+    name, linear = last_linear(model)
+    model.set_submodule(name, prune_classifier_inputs(linear, edit["keep"]))
+
+
+def redo_memory_format(model: nn.Module, edit: dict) -> nn.Module:
+    return model.to(memory_format=torch.channels_last if edit["channels_last"] else torch.contiguous_format)

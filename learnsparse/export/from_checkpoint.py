@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import logging
+import os
 from pathlib import Path
 
 import torch
 
-from learnsparse.engine.checkpoint_io import load_checkpoint
-from learnsparse.errors import UserError, first_line
+from learnsparse.core.checkpoint_io import load_checkpoint
+from learnsparse.core.errors import UserError, first_line
+from learnsparse.core.runtimes import targets
 
 from .artifacts import save_condensed, save_onnx, save_pt2
 from .condense import condense_with_details
 from .report import budget_summary, build_report, format_report
-from .runtimes import targets
 
 log = logging.getLogger("learnsparse")
 FORMATS = ("pt", "pt2", "onnx")
@@ -33,8 +33,8 @@ def checkpoint_record(ckpt: dict, path: Path) -> dict:
                         f"it was not written by learnsparse-train")
     from omegaconf import OmegaConf
 
-    from learnsparse.engine.run import build_plugins
-    from learnsparse.record import architecture_record, rebuild
+    from learnsparse.core.plugins import build_plugins
+    from learnsparse.core.record import architecture_record, rebuild
 
     model = rebuild({"model": config["model"], "edits": [], "structure": {}})
     build_plugins(OmegaConf.create({"sparsity": config.get("sparsity") or {}}), model)
@@ -43,7 +43,7 @@ def checkpoint_record(ckpt: dict, path: Path) -> dict:
 
 def model_from_checkpoint(ckpt: dict, path: Path) -> tuple[torch.nn.Module, dict, list[int]]:
     """(the trained model with the checkpoint's weights, its model config, its input shape)."""
-    from learnsparse.record import model_name, rebuild
+    from learnsparse.core.record import model_name, rebuild
 
     record = checkpoint_record(ckpt, path)
     try:
@@ -86,7 +86,7 @@ def export(checkpoint: str | Path, **options) -> dict:
     e.g. `export(path, formats=["pt", "onnx"], output_dir="deploy")`. Returns the report."""
     from omegaconf import OmegaConf
 
-    from learnsparse.config_dir import compose
+    from learnsparse.core.config_dir import compose
 
     cfg = compose([f"checkpoint={checkpoint}"], config_name="export")
     try:
@@ -129,7 +129,7 @@ def _export_checkpoint(cfg) -> dict:
     result = condense_with_details(trained, example, classifier_keep=cfg.classifier_keep, rtol=float(cfg.rtol),
                                    channels_last=_optional_bool(cfg.get("channels_last")), target=target,
                                    batch=batch, threads=cfg.threads, measure=bool(cfg.get("measure", False)))
-    from learnsparse.record import model_name, rebuild
+    from learnsparse.core.record import model_name, rebuild
 
     # The dense network is the one training started from: the model its config builds, before any
     # edit (a shrink in training leaves the trained model already thinner than that).

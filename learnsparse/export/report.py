@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from learnsparse.text_table import format_table
+from learnsparse.core.counting import count_params, macs_by_module
+from learnsparse.core.layer_types import dense_equivalent
+from learnsparse.core.runtimes import interleaved_ms, runner, target_runtime
+from learnsparse.core.text_table import format_table
 
 from .condense import ExportResult
-from .dense_form import dense_equivalent
-from .measure import count_params, macs_by_module
-from .runtimes import interleaved_ms, runner, target_runtime
 
 
 def build_report(trained: nn.Module, result: ExportResult, example: torch.Tensor, *, latency_rounds: int = 20,

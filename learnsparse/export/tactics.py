@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from learnsparse.layer_types import layer_type
-
-from .measure import macs_by_module
-from .runtimes import interleaved_ms, layer_runtime, runner, target_runtime
+from learnsparse.core.counting import macs_by_module
+from learnsparse.core.layer_types import layer_type, outermost_layers
+from learnsparse.core.runtimes import interleaved_ms, layer_runtime, runner, target_runtime
 
 SPARSE, DENSE = "sparse", "dense"
 RULE_MAC_RATIO = 0.5  # measure=false: sparse when it computes at most this share of the dense MACs
@@ -29,19 +28,8 @@ RULE_MAC_RATIO = 0.5  # measure=false: sparse when it computes at most this shar
 
 def tactic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The outermost layers that have both a converter and a dense form, top-down."""
-    found = []
-
-    def visit(parent: nn.Module, prefix: str) -> None:
-        for name, child in parent.named_children():
-            full = f"{prefix}.{name}" if prefix else name
-            entry = layer_type(child)
-            if entry is not None and entry.converter is not None and entry.dense_form is not None:
-                found.append((full, child))
-            else:
-                visit(child, full)
-
-    visit(model, "")
-    return found
+    both = lambda e: e.converter is not None and e.dense_form is not None  # noqa: E731
+    return [(name, module) for name, module, _ in outermost_layers(model, both)]
 
 
 @torch.no_grad()

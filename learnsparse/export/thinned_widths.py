@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from learnsparse.record import declare_edit
+from learnsparse.core.record import declare_edit
 
 EXACT, DENSE = "exact", "dense"
 MULTIPLES = {"pad8": 8, "pad16": 16}
@@ -148,7 +148,7 @@ def width_candidates(exported: nn.Module, trained: nn.Module, example: torch.Ten
         pad_channels(padded, edits)
         if channels_last:
             padded = padded.to(memory_format=torch.channels_last)
-        declare_edit(padded, "pad_channels", layers=edits, form=form, channels_last=channels_last)
+        declare_edit(padded, "pad_channels", redo_pad_channels, layers=edits, form=form, channels_last=channels_last)
         candidates[form] = (padded.eval(), edits)
     return candidates
 
@@ -176,3 +176,9 @@ def choose_widths(trained: nn.Module, exact: nn.Module, example: torch.Tensor, t
         width = exact.get_submodule(name).out_channels
         layers[name] = [width, width + chosen.get(name, {}).get("out", 0)]
     return models[form], {"form": form, "ms": ms, "layers": layers}
+
+
+def redo_pad_channels(model: nn.Module, edit: dict) -> nn.Module:
+    """`rebuild`'s redo of the padded widths, on a model that has the exact export's layers."""
+    pad_channels(model, edit["layers"])
+    return model.to(memory_format=torch.channels_last) if edit.get("channels_last") else model

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from learnsparse.errors import UserError
+from learnsparse.core.errors import UserError
 
 
 class ExportMismatchError(UserError):

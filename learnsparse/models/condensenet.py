@@ -6,70 +6,12 @@ Transitions are average pooling only; growth rate doubles from block to block.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
-
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from learnsparse.nn import ChannelShuffle, LearnedGroupConv
+from learnsparse.layers.dense_block import CondenseNetSpec, DenseBlock
 
 from .registry import register_model
-
-
-@dataclass(frozen=True)
-class CondenseNetSpec:
-    stages: Sequence[int]
-    growth: Sequence[int]
-    bottleneck: int = 4
-    groups_1x1: int = 4
-    groups_3x3: int = 4
-    condense_factor: int = 4
-    dropout: float = 0.0
-    init_stride: int = 1
-    # The 1x1 conv of each dense layer: "learned" (CondenseNet), or the baselines it is compared
-    # with at equal multiply-adds: "fixed" groups, "fixed_shuffle" (groups + channel shuffle,
-    # as in ShuffleNet), "dense" (an ungrouped 1x1 with the bottleneck narrowed by C); "plain" is
-    # DenseNet-BC's full ungrouped 1x1, for `sparsify` to give any learned grouping (FLGC).
-    conv1: str = "learned"
-
-
-class DenseLayer(nn.Module):
-    def __init__(self, in_channels: int, growth: int, spec: CondenseNetSpec):
-        super().__init__()
-        mid = spec.bottleneck * growth
-        self.norm1 = nn.BatchNorm2d(in_channels)
-        if spec.conv1 == "learned":
-            self.conv1 = LearnedGroupConv(in_channels, mid, 1, groups=spec.groups_1x1,
-                                          condense_factor=spec.condense_factor, dropout=spec.dropout)
-        elif spec.conv1 in ("fixed", "fixed_shuffle"):
-            conv = nn.Conv2d(in_channels, mid, 1, groups=spec.groups_1x1, bias=False)
-            self.conv1 = nn.Sequential(conv, ChannelShuffle(spec.groups_1x1)) if spec.conv1 == "fixed_shuffle" else conv
-        elif spec.conv1 == "dense":
-            mid //= spec.condense_factor
-            self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
-        elif spec.conv1 == "plain":
-            self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
-        else:
-            raise ValueError("CondenseNet: conv1 must be learned, fixed, fixed_shuffle, dense or plain, "
-                             f"got {spec.conv1!r}")
-        self.norm2 = nn.BatchNorm2d(mid)
-        # The narrowed dense variant's 3x3 conv is ungrouped: mid/C inputs for all filters costs
-        # what the grouped one costs on mid inputs when C = groups_3x3.
-        groups_3x3 = 1 if spec.conv1 == "dense" else spec.groups_3x3
-        self.conv2 = nn.Conv2d(mid, growth, 3, padding=1, groups=groups_3x3, bias=False)
-
-    def forward(self, x):
-        y = self.conv1(F.relu(self.norm1(x)))
-        y = self.conv2(F.relu(self.norm2(y)))
-        return torch.cat([x, y], 1)
-
-
-class DenseBlock(nn.Sequential):
-    def __init__(self, num_layers: int, in_channels: int, growth: int, spec: CondenseNetSpec):
-        super().__init__(*(DenseLayer(in_channels + i * growth, growth, spec) for i in range(num_layers)))
-        self.in_channels, self.out_channels = in_channels, in_channels + num_layers * growth
 
 
 class CondenseNet(nn.Module):

@@ -23,8 +23,8 @@ import math
 import torch.nn as nn
 import torch.nn.functional as F
 
-from learnsparse.nn.deployed import ChannelShuffle
-from learnsparse.nn.igc import IGCConv
+from learnsparse.layers.deployed import ChannelShuffle
+from learnsparse.layers.igc_conv import IGCConv
 
 from .registry import register_model
 

@@ -39,8 +39,8 @@ conv, which regularizers and learned groupings can then sparsify."""
         super().__init__()
         if c3 not in ("table", "full"):
             raise ValueError(f"c3 must be 'table' or 'full', got {c3!r}")
-        from learnsparse import connectivity
-        from learnsparse.nn.connectivity_conv import ConnectivityConv
+        from learnsparse.layers import connectivity
+        from learnsparse.layers.connectivity_conv import ConnectivityConv
 
         c3_conv = ConnectivityConv(6, 16, 5, connectivity.lenet5_c3()) if c3 == "table" else nn.Conv2d(6, 16, 5)
         self.features = nn.Sequential(

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from learnsparse.errors import UserError
+from learnsparse.core.errors import UserError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 

@@ -6,6 +6,8 @@ export can prune like any conv.
 import torch.nn as nn
 import torch.nn.functional as F
 
+from learnsparse.layers.residual_blocks import ResidualBlockKind, register_residual_block
+
 from .registry import register_model
 
 
@@ -26,6 +28,9 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
+
+
+register_residual_block(BasicBlock, ResidualBlockKind(lambda b: b.conv2, lambda b: b.bn2, lambda b: b.shortcut, True))
 
 
 class CifarResNet(nn.Module):

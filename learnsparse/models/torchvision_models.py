@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from learnsparse.errors import UserError
+from learnsparse.core.errors import UserError
 
 from .registry import _MODELS
 

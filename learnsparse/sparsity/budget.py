@@ -24,10 +24,10 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.distributed import broadcast_object
+from learnsparse.core.distributed import broadcast_object
 
-from .layer_pairs import batchnorm_after
 from .budget_cost import BudgetUnreachable, apply_dead, cost_model, dead_entries, exported_cost, select
+from .layer_pairs import batchnorm_after
 
 log = logging.getLogger("learnsparse")
 KINDS = ("macs", "params", "latency")
@@ -117,7 +117,7 @@ def working_copy(model: nn.Module) -> nn.Module:
 
 
 def network_cost(model: nn.Module, example: torch.Tensor, what: str) -> float:
-    from learnsparse.engine.model_stats import count_flops, count_params
+    from learnsparse.core.counting import count_flops, count_params
 
     work = working_copy(model)
     return float(count_flops(work, example) // 2) if what == "macs" else float(count_params(work))
@@ -162,8 +162,8 @@ def latency_ratio(before: nn.Module, after: nn.Module, budget: Budget, example: 
                   device: torch.device | None = None) -> float:
     """after's latency / before's, both exported, timed side by side in the budget's runtime on
     `device` (the training device: a GPU run times on its GPU)."""
-    from learnsparse.export.runtimes import interleaved_ms, runner, target_runtime
-    from learnsparse.export.structure.passes import remove_structure
+    from learnsparse.core.runtimes import interleaved_ms, runner, target_runtime
+    from learnsparse.export.structure.passes import remove_dead_structure
 
     runtime = target_runtime(budget.target).name
     device = device or torch.device("cpu")
@@ -171,7 +171,7 @@ def latency_ratio(before: nn.Module, after: nn.Module, budget: Budget, example: 
     models = {}
     for key, m in (("before", before), ("after", after)):
         m = working_copy(m)
-        remove_structure(m, example[:1].cpu())  # the export's passes, on CPU as the export runs them
+        remove_dead_structure(m, example[:1].cpu())  # the export's passes, on CPU as the export runs them
         models[key] = m.to(device)
     with tempfile.TemporaryDirectory() as work, torch.no_grad():
         threads = torch.get_num_threads()

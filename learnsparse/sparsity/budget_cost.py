@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from learnsparse.engine.model_stats import count_params, flops_by_module
+from learnsparse.core.counting import count_params, flops_by_module
 from learnsparse.export.structure.channel_pruning import removable_channels
 
 _WEIGHTED = (nn.Conv2d, nn.Linear)
@@ -358,8 +358,8 @@ def apply_dead(model: nn.Module, dead: list[tuple[str, nn.Module, str, torch.Ten
 
 def exported_cost(model: nn.Module, example: torch.Tensor, what: str = "macs") -> float:
     """The cost of what the export makes of `model` (its structure passes on a copy)."""
-    from learnsparse.export.structure.passes import remove_structure
+    from learnsparse.export.structure.passes import remove_dead_structure
 
     thin = copy.deepcopy(model).eval()
-    remove_structure(thin, example)
+    remove_dead_structure(thin, example)
     return float(flops_by_module(thin, example)[""] // 2) if what == "macs" else float(count_params(thin))

@@ -16,10 +16,9 @@ import logging
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.model_stats import count_params, flops_by_module
-from learnsparse.learned_grouping import sparsify
-from learnsparse.nn.flgc import FLGConv
-from learnsparse.nn.learned_group_conv import LearnedGroupConv
+from learnsparse.core.counting import count_params, flops_by_module
+from learnsparse.core.layer_types import CONDENSING, GROUPING, layer_type, learned_by
+from learnsparse.sparsity.learned_grouping import sparsify
 
 from .budget import Budget
 
@@ -62,13 +61,13 @@ def _exported(model: nn.Module, example: torch.Tensor, what: str, method: str, s
     if method == "flgc":
         sparsify(trial, "flgc", groups=setting, include=include, exclude=exclude, balanced=balanced)
         for m in trial.modules():
-            if isinstance(m, FLGConv):
-                m.freeze()
+            if learned_by(m) == GROUPING:
+                layer_type(m).finish(m)
     else:
         sparsify(trial, "lgc", groups=groups, condense_factor=setting, include=include, exclude=exclude)
         for m in trial.modules():
-            if isinstance(m, LearnedGroupConv):
-                m.condense_to(m.max_stage)
+            if learned_by(m) == CONDENSING:
+                layer_type(m).finish(m)
     exported = condense_with_details(trial, torch.randn(2, *example.shape[1:]), measure=False).model
     return _cost(exported, example, what)
 

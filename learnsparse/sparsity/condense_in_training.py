@@ -2,7 +2,7 @@
 
 A masked layer keeps paying the dense cost after its structure stops changing (CondenseNet's
 last stage, FLGC after its freeze). The swap replaces each such layer, inside the running
-training, by its deployed form kept trainable (`LayerType.trainable_form`: gathers and grouped
+training, by its deployed form kept trainable (`LayerType.trainable_converter`: gathers and grouped
 or per-group convs, no BatchNorm folding, no padding that gradients could fill). Which layers
 swap was chosen before training started (trainable_forms.py). The change itself goes through
 the trainer's one surgery path (`trainer.replace_modules`, learnsparse/engine/surgery.py):
@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from learnsparse.layer_types import layer_type
-from learnsparse.record import edits_of, register_edit, restore_structure, structure_of
+from learnsparse.core.layer_types import layer_type
+from learnsparse.core.record import edits_of, learned_structure, restore_structure
 
 from .trainable_forms import DEPLOYED, check_choice, choose_forms, own_random_stream
 
@@ -34,22 +34,21 @@ def swapped_by(model: nn.Module, method: str) -> list[str]:
     return [name for e in edits_of(model) if e["op"] == OP and e["method"] == method for name in e["layers"]]
 
 
-def trainable_form(layer: nn.Module) -> nn.Module | None:
+def trainable_deployed(layer: nn.Module) -> nn.Module | None:
     """The layer's deployed form kept trainable (None where its structure has none)."""
     entry = layer_type(layer)
-    if entry is None or entry.trainable_form is None:
+    if entry is None or entry.trainable_converter is None:
         raise TypeError(f"{type(layer).__name__} has no trainable deployed form")
-    return entry.trainable_form(layer)
+    return entry.trainable_converter(layer)
 
 
-_trainable_form = trainable_form  # the name scripts and tests used
 
 
 def _redo(names: list[str]):
     """The swap, as a function of any model with these layers (a copy holding state tensors)."""
     def redo(model: nn.Module) -> None:
         for name in names:
-            model.set_submodule(name, trainable_form(model.get_submodule(name)))
+            model.set_submodule(name, trainable_deployed(model.get_submodule(name)))
     return redo
 
 
@@ -73,7 +72,7 @@ def choose_before_training(trainer, names: list[str], finalize: Callable[[nn.Mod
     model = copy.deepcopy(trainer.unwrapped_model)
     with own_random_stream(trainer.device), torch.no_grad():
         finalize(model)
-        forms = {name: trainable_form(model.get_submodule(name)) for name in names}
+        forms = {name: trainable_deployed(model.get_submodule(name)) for name in names}
     forms = {name: f.to(device=trainer.device, memory_format=trainer.memory_format)
              for name, f in forms.items() if f is not None}
     chosen = choose_forms(model, forms, lambda: training_batch(trainer), choose,
@@ -90,7 +89,7 @@ def swap_in_training(trainer, names: list[str], method: str, rtol: float = 1e-5,
     chosen before training — those it names deployed); returns the names swapped. `facts` (and
     `forms`) go into the record's edit."""
     model = trainer.unwrapped_model
-    built = {name: trainable_form(model.get_submodule(name)) for name in names}
+    built = {name: trainable_deployed(model.get_submodule(name)) for name in names}
     if forms is not None:
         facts["forms"] = {name: forms[name] for name in names if name in forms}
         built = {name: f for name, f in built.items() if forms.get(name, {}).get("form", DEPLOYED) == DEPLOYED}
@@ -101,8 +100,8 @@ def swap_in_training(trainer, names: list[str], method: str, rtol: float = 1e-5,
     if not mapping:
         return []
     swapped = list(mapping)
-    structure = {name: s for name, s in structure_of(model).items() if name in mapping}
-    edit = {"op": OP, "method": method, "layers": swapped, "structure": structure,
+    structure = {name: s for name, s in learned_structure(model).items() if name in mapping}
+    edit = {"op": OP, "redone_by": redo_swap, "method": method, "layers": swapped, "structure": structure,
             "channels_last": trainer.memory_format is torch.channels_last, **facts}
     trainer.replace_modules(mapping, edit=edit, redo=_redo(swapped), rtol=rtol)
     log.info("%s: %d layers now train in their deployed form (%s)", method, len(swapped),
@@ -115,16 +114,15 @@ def swap_facts(model: nn.Module, method: str) -> dict:
     for e in edits_of(model):
         if e["op"] == OP and e["method"] == method:
             return {k: v for k, v in e.items()
-                    if k not in ("op", "method", "layers", "structure", "channels_last", "forms")}
+                    if k not in ("op", "redone_by", "method", "layers", "structure", "channels_last", "forms")}
     return {}
 
 
-@register_edit(OP)
 @torch.no_grad()
 def redo_swap(model: nn.Module, edit: dict) -> None:
     restore_structure(model, edit["structure"])
     for name in edit["layers"]:
-        new = trainable_form(model.get_submodule(name))
+        new = trainable_deployed(model.get_submodule(name))
         if new is None:
             raise ValueError(f"the record swapped {name!r}, whose structure has no trainable deployed form")
         if edit.get("channels_last"):

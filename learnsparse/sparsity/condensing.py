@@ -12,14 +12,14 @@ import logging
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.distributed import broadcast_tensor_
-from learnsparse.engine.hook_base import HookBase
-from learnsparse.nn.learned_group_conv import LearnedGroupConv
+from learnsparse.core.distributed import broadcast_tensor_
+from learnsparse.core.hook_base import HookBase
+from learnsparse.core.layer_types import CONDENSING, learned_by
 
-from .condense_in_training import choose_before_training, swap_facts, swap_in_training
-from .trainable_forms import RULE, check_choice
-from .connectivity import connectivity_image
 from .budget_record import record_metrics, record_state, restore_record
+from .condense_in_training import choose_before_training, swap_facts, swap_in_training
+from .connectivity_images import connectivity_image
+from .trainable_forms import RULE, check_choice
 
 log = logging.getLogger("learnsparse")
 SWAP_METHOD = "lgc"  # sparsity=condensenet and sparsity=lgc alike
@@ -36,7 +36,7 @@ def stage_at(progress: float, condense_factor: int, condense_fraction: float) ->
 def _last_stage(model: nn.Module) -> None:
     """Every learned group conv of `model` at its last stage (its final structure's shape)."""
     for m in model.modules():
-        if isinstance(m, LearnedGroupConv) and int(m.stage) < m.max_stage:
+        if learned_by(m) == CONDENSING and int(m.stage) < m.max_stage:
             m.condense_to(m.max_stage)
 
 
@@ -47,7 +47,7 @@ class CondensingSchedule(HookBase):
             raise ValueError(f"condense_fraction must be in (0, 1], got {condense_fraction}")
         if group_lasso < 0:
             raise ValueError(f"group_lasso must be ≥ 0, got {group_lasso}")
-        self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LearnedGroupConv)]
+        self.layers = [(n, m) for n, m in model.named_modules() if learned_by(m) == CONDENSING]
         # A model rebuilt after the in-training swap has its layers in deployed form already.
         self.swapped = swap_facts(model, SWAP_METHOD)
         if not self.layers and not self.swapped:
@@ -70,7 +70,7 @@ class CondensingSchedule(HookBase):
     def on_model_changed(self, mapping: dict) -> None:
         # The learned layers still in the model (a swap replaced some by their deployed forms).
         modules = dict(self.trainer.unwrapped_model.named_modules())
-        self.layers = [(n, modules[n]) for n, _ in self.layers if isinstance(modules.get(n), LearnedGroupConv)]
+        self.layers = [(n, modules[n]) for n, _ in self.layers if learned_by(modules.get(n)) == CONDENSING]
 
     def before_step(self) -> None:
         changed = False

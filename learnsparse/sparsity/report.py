@@ -12,10 +12,10 @@ import logging
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.hook_base import HookBase
-from learnsparse.text_table import format_table
+from learnsparse.core.hook_base import HookBase
+from learnsparse.core.text_table import format_table
 
-from .connectivity import connectivity_image
+from .connectivity_images import connectivity_image
 from .groups import group_norms
 from .regularizers.selection_args import chosen_layers
 

@@ -21,11 +21,11 @@ import logging
 import torch
 import torch.nn as nn
 
+from learnsparse.export.condense import redo_structure_passes
 from learnsparse.export.structure.channel_pruning import remove_dead_channels
 from learnsparse.export.structure.dead_branches import dead_branch_names, shortcut_only
 from learnsparse.export.structure.passes import replay
-from learnsparse.models.residual_blocks import residual_blocks
-from learnsparse.record import register_edit
+from learnsparse.layers.residual_blocks import residual_blocks
 
 log = logging.getLogger("learnsparse")
 OP = "shrink_in_training"
@@ -55,7 +55,8 @@ def shrink_in_training(trainer, masks: dict[str, torch.Tensor], rtol: float = 1e
         return None
     before = sum(p.numel() for p in model.parameters())
     surgery = trainer.replace_modules(
-        {"": thin}, edit={"op": OP, "edits": edits, "input_shape": list(trainer.input_shape)},
+        {"": thin},
+        edit={"op": OP, "redone_by": redo_structure_passes, "edits": edits, "input_shape": list(trainer.input_shape)},
         redo=lambda shadow: replay(shadow, edits, example),
         # A bias the pass added (to absorb a folded constant) starts without state, as a new parameter does.
         fresh=[f"{name}.bias" for name in edits["bias_added"]], rtol=rtol)
@@ -68,7 +69,3 @@ def shrink_in_training(trainer, masks: dict[str, torch.Tensor], rtol: float = 1e
              len(edits["shortcut_only"]), before - sum(p.numel() for p in model.parameters()))
     return new_masks
 
-
-@register_edit(OP)
-def redo_shrink(model: nn.Module, edit: dict) -> None:
-    replay(model, edit["edits"], torch.zeros(1, *edit["input_shape"]))

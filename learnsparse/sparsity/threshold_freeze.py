@@ -18,11 +18,19 @@ import logging
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.distributed import broadcast_tensor_
-from learnsparse.engine.hook_base import HookBase
+from learnsparse.core.distributed import broadcast_tensor_
+from learnsparse.core.hook_base import HookBase
 
-from .budget import (BudgetState, budget_dead_groups, budget_metrics, budget_record, budget_settings, increment_due,
-                     rounded_dead_groups, start_budget)
+from .budget import (
+    BudgetState,
+    budget_dead_groups,
+    budget_metrics,
+    budget_record,
+    budget_settings,
+    increment_due,
+    rounded_dead_groups,
+    start_budget,
+)
 from .groups import group_norms
 from .layer_pairs import batchnorm_after
 from .regularizers.selection_args import chosen_layers

@@ -31,8 +31,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.distributed import broadcast_object, is_main_process
-from learnsparse.export.runtimes import interleaved_ms
+from learnsparse.core.distributed import broadcast_object, is_main_process
+from learnsparse.core.runtimes import interleaved_ms
 from learnsparse.export.tactics import layer_inputs
 
 DEPLOYED, MASKED, MEASURE, RULE = "deployed", "masked", "measure", "rule"

@@ -6,8 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..distributed import all_reduce_sum_
-from ..hook_base import HookBase
+from learnsparse.core.distributed import all_reduce_sum_
+from learnsparse.core.hook_base import HookBase
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..hook_base import HookBase
+from learnsparse.core.hook_base import HookBase
 
 log = logging.getLogger("learnsparse")
 

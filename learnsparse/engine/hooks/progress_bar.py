@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..hook_base import HookBase
+from learnsparse.core.hook_base import HookBase
 
 
 class ProgressBarHook(HookBase):

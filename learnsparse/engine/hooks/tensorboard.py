@@ -2,7 +2,7 @@
 event other hooks put in `trainer.events` (pictures, histograms, per-layer scalars)."""
 from __future__ import annotations
 
-from ..hook_base import HookBase
+from learnsparse.core.hook_base import HookBase
 
 
 class TensorBoardHook(HookBase):

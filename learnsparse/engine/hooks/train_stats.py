@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..hook_base import HookBase
+from learnsparse.core.hook_base import HookBase
 
 
 class TrainStatsHook(HookBase):

@@ -27,8 +27,17 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .channel_rules import (_WEIGHTED, _columns_zero, _is_bn_kernel, _is_depthwise, _preserves_zero, analyse, fold_constants,
-                            indices_in_range, removable_channels)
+from .channel_rules import (
+    _WEIGHTED,
+    _columns_zero,
+    _is_bn_kernel,
+    _is_depthwise,
+    _preserves_zero,
+    analyse,
+    fold_constants,
+    indices_in_range,
+    removable_channels,
+)
 from .dependency_graph import MAX_SEARCH_STEPS, SearchBound, build
 from .grouped_conv import equal_per_group, is_grouped
 from .module_state import Snapshot, kept_state

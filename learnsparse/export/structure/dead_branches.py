@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from learnsparse.models.residual_blocks import RESIDUAL_BLOCKS, residual_blocks
-from learnsparse.nn.shortcut_only import ShortcutOnly
+from learnsparse.layers.residual_blocks import RESIDUAL_BLOCKS, residual_blocks
+from learnsparse.layers.shortcut_only import ShortcutOnly
 
 
 def branch_is_dead(block: nn.Module) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from learnsparse.layer_types import layer_type
+from learnsparse.core.layer_types import layer_type
 
 from .tracing import trace
 

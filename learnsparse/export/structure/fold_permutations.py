@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from learnsparse.nn.permuted_group_conv import PermutedGroupConv
+from learnsparse.layers.permuted_group_conv import PermutedGroupConv
 
 from .tracing import trace
 

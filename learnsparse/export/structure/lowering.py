@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from learnsparse.nn.lowered_conv import LoweredConv2d
+from learnsparse.layers.lowered_conv import LoweredConv2d
 
 LOWER_BELOW = 0.10
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from learnsparse.layer_types import has_fact
-from learnsparse.models.residual_blocks import residual_blocks
-from learnsparse.nn.lowered_conv import LoweredConv2d
+from learnsparse.core.layer_types import has_fact
+from learnsparse.layers.lowered_conv import LoweredConv2d
+from learnsparse.layers.residual_blocks import residual_blocks
 
 from . import dependency_graph
 from .channel_pruning import prune_dead_channels
@@ -28,6 +28,7 @@ from .fold_batchnorm import fold_batchnorms
 from .fold_permutations import fold_output_permutations
 from .lowering import lowered_fibres
 from .module_state import kept_state
+
 
 def _has_dead_structure(model: nn.Module) -> bool:
     """Cheap check so models without structured zeros skip the dependency graph. Models that
@@ -62,7 +63,7 @@ def no_conv_structure(model: nn.Module) -> str | None:
     return None
 
 
-def remove_structure(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[tuple[str, str, str]], dict]:
+def remove_dead_structure(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[tuple[str, str, str]], dict]:
     """Apply the passes in place. Returns report rows (layer, before, after) and the edits."""
     rows: list[tuple[str, str, str]] = []
     edits: dict = {"shortcut_only": [], "pruning_history": [], "bias_added": [], "lowered": {}}
@@ -97,7 +98,7 @@ def remove_structure(model: nn.Module, example_inputs: torch.Tensor) -> tuple[li
 
 
 def replay(model: nn.Module, edits: dict, example_inputs: torch.Tensor) -> None:
-    """Give a freshly built model the shapes `remove_structure` produced (weights come after)."""
+    """Give a freshly built model the shapes `remove_dead_structure` produced (weights come after)."""
     for name in edits.get("shortcut_only", []):
         model.set_submodule(name, shortcut_only(model.get_submodule(name)))
     for name in edits.get("bias_added", []):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.fx as fx
 import torch.nn as nn
 
-from learnsparse.layer_types import has_fact
+from learnsparse.core.layer_types import has_fact
 
 
 class _Tracer(fx.Tracer):

@@ -15,7 +15,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.init_weights import loaded_from
+from learnsparse.core.provenance import loaded_from
 
 from .penalty import GroupPenalty
 from .selection_args import chosen_layers

@@ -18,7 +18,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.hook_base import HookBase
+from learnsparse.core.hook_base import HookBase
 
 from ..groups import KINDS, group_norms
 

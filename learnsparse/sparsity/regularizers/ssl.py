@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from learnsparse.models.residual_blocks import branch_convs, residual_blocks
+from learnsparse.layers.residual_blocks import branch_convs, residual_blocks
 
 from ..layer_selection import first_conv_name
 from .penalty import GroupPenalty

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
-from learnsparse.layer_types import register_layer_type
 import torch.nn.functional as F
+
+from learnsparse.core.layer_types import register_layer_type
 
 
 class LoweredConv2d(nn.Module):

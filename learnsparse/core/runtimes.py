@@ -12,7 +12,7 @@ every form of every layer would take too long. `channels_last`: an export for th
 stores its 4-D weights NHWC (eager PyTorch's fastest layout); graph runtimes get plain weights,
 since a graph has no memory format.
 
-The tactics (export/tactics.py), the report, `learnsparse-export`, scripts/bench_deploy.py
+The tactics (learnsparse/export/tactics.py), the report, `learnsparse-export`, scripts/bench_deploy.py
 and the table in docs/export.md all read this registry; tests/test_runtimes.py checks that
 the table lists it.
 """
@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .artifacts import graph_form, quiet_onnx_export
+from .graph_capture import graph_form, quiet_onnx_export
 
 Runner = Callable[[nn.Module, torch.Tensor, int, Path], Callable[[], object]]
 
@@ -204,3 +204,11 @@ def interleaved_ms(runners: dict, rounds: int = 21, warmup: int = 3) -> dict:
                 torch.cuda.synchronize()
             times[key].append(time.perf_counter() - t0)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+@torch.no_grad()
+def interleaved_latency(models: dict[str, nn.Module], example: torch.Tensor, rounds: int = 20,
+                        warmup: int = 2) -> dict[str, float]:
+    """Median seconds per eager forward, models timed in turn each round so noise hits all alike."""
+    ms = interleaved_ms({k: (lambda m=m: m(example)) for k, m in models.items()}, rounds=rounds, warmup=warmup)
+    return {k: v / 1e3 for k, v in ms.items()}

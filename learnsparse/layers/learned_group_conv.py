@@ -12,6 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from learnsparse.core.layer_types import CONDENSING, register_layer_type
+
+from .deployed import IndexSelectGroupConv, conv_with
+
 
 class LearnedGroupConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
@@ -97,3 +101,22 @@ class LearnedGroupConv(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.conv.kernel_size}, groups={self.groups}, "
                 f"condense_factor={self.condense_factor}, stage={int(self.stage)}")
+
+
+def save_structure(m: LearnedGroupConv) -> dict[str, torch.Tensor]:
+    return {"mask": m.mask.detach().cpu().clone(), "stage": m.stage.detach().cpu().clone()}
+
+
+def restore_structure(m: LearnedGroupConv, structure: dict[str, torch.Tensor]) -> None:
+    m.mask.copy_(structure["mask"])
+    m.stage.copy_(structure["stage"])
+
+
+def dense_form(m: LearnedGroupConv):
+    return conv_with(m.masked_weight().detach(), m.conv.bias, m.conv)
+
+
+register_layer_type(LearnedGroupConv, converter=IndexSelectGroupConv.from_trained, save_structure=save_structure,
+                    restore_structure=restore_structure, dense_form=dense_form,
+                    trainable_converter=IndexSelectGroupConv.from_trained, learns=CONDENSING,
+                    finish=lambda m, generator=None: m.condense_to(m.max_stage))

@@ -17,9 +17,10 @@ from fnmatch import fnmatchcase
 import torch
 import torch.nn as nn
 
-from learnsparse.nn.flgc import FLGConv
-from learnsparse.nn.learned_group_conv import LearnedGroupConv
-from learnsparse.record import declare_edit, register_edit
+from learnsparse.core.layer_types import learned_by
+from learnsparse.core.record import declare_edit
+from learnsparse.layers.flgc_conv import FLGConv
+from learnsparse.layers.learned_group_conv import LearnedGroupConv
 
 log = logging.getLogger("learnsparse")
 METHODS = ("lgc", "flgc")
@@ -64,7 +65,7 @@ def sparsify(model: nn.Module, method: str = "flgc", groups: int = 4, condense_f
         raise ValueError(f"groups must be ≥ 1, got {groups}")
     replaced, skipped = [], []
     # The convs inside learned layers are theirs (a LearnedGroupConv wraps one).
-    learned = [n for n, m in model.named_modules() if isinstance(m, (FLGConv, LearnedGroupConv))]
+    learned = [n for n, m in model.named_modules() if learned_by(m) is not None]
     for name, conv in list(model.named_modules()):
         if type(conv) is not nn.Conv2d or not _matches(name, include, exclude):
             continue
@@ -81,7 +82,7 @@ def sparsify(model: nn.Module, method: str = "flgc", groups: int = 4, condense_f
                          f"method={method} with groups={groups}" + (f" (skipped: {skipped[:3]})" if skipped else ""))
     if skipped:
         log.info("sparsify: %d convs left as they are: %s", len(skipped), ", ".join(skipped))
-    declare_edit(model, "sparsify", method=method, groups=int(groups), condense_factor=int(condense_factor),
+    declare_edit(model, "sparsify", redo_sparsify, method=method, groups=int(groups), condense_factor=int(condense_factor),
                  include=_plain(include), exclude=_plain(exclude), balanced=bool(balanced),
                  temperature=float(temperature))
     return {"replaced": replaced, "skipped": skipped}
@@ -91,6 +92,5 @@ def _plain(patterns) -> list[str] | None:
     return None if patterns is None else [str(p) for p in patterns]
 
 
-@register_edit("sparsify")
-def _redo_sparsify(model: nn.Module, edit: dict) -> None:
-    sparsify(model, **{k: v for k, v in edit.items() if k != "op"})
+def redo_sparsify(model: nn.Module, edit: dict) -> None:
+    sparsify(model, **{k: v for k, v in edit.items() if k not in ("op", "redone_by")})

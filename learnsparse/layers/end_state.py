@@ -6,20 +6,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from learnsparse.core.layer_types import has_fact, layer_type
+
 
 @torch.no_grad()
 def at_end_state(model: nn.Module, seed: int = 0) -> nn.Module:
-    from learnsparse.nn import FLGConv, LearnedGroupConv
-
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-        elif isinstance(m, LearnedGroupConv):
-            m.condense_to(m.max_stage)
-        elif isinstance(m, FLGConv):
-            m.in_logits.copy_(torch.randn(m.in_logits.shape, generator=g))
-            m.out_logits.copy_(torch.randn(m.out_logits.shape, generator=g))
-            m.freeze()
+        elif has_fact(m, "finish"):
+            layer_type(m).finish(m, g)
     return model

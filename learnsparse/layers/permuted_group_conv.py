@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from learnsparse.layer_types import register_layer_type
+from learnsparse.core.layer_types import register_layer_type
 
 from .channel_ops import select_channels
 

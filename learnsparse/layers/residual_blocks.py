@@ -1,7 +1,9 @@
 """The residual blocks learnsparse knows: where each one's branch ends and what its shortcut is.
 
 SSL's depth-wise groups regularize the convs of a residual branch; the export replaces a
-block whose branch outputs zero by its shortcut. Both read this table.
+block whose branch outputs zero by its shortcut. Both read this table. torchvision's blocks are
+declared here; a block class of learnsparse's own models (or of a user's) declares itself with
+`register_residual_block` where it is defined.
 """
 from __future__ import annotations
 
@@ -12,8 +14,6 @@ import torch.nn as nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock as TvBasicBlock
 from torchvision.models.resnet import Bottleneck as TvBottleneck
-
-from .resnet_cifar import BasicBlock as CifarBasicBlock
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,17 @@ class ResidualBlockKind:
 
 
 RESIDUAL_BLOCKS: dict[type, ResidualBlockKind] = {
-    CifarBasicBlock: ResidualBlockKind(lambda b: b.conv2, lambda b: b.bn2, lambda b: b.shortcut, True),
     TvBasicBlock: ResidualBlockKind(lambda b: b.conv2, lambda b: b.bn2, lambda b: b.downsample, True),
     TvBottleneck: ResidualBlockKind(lambda b: b.conv3, lambda b: b.bn3, lambda b: b.downsample, True),
     InvertedResidual: ResidualBlockKind(lambda b: b.conv[-2], lambda b: b.conv[-1], lambda b: None, False,
                                         is_residual=lambda b: b.use_res_connect),
 }
+
+
+def register_residual_block(cls: type, kind: ResidualBlockKind) -> None:
+    if cls in RESIDUAL_BLOCKS:
+        raise ValueError(f"residual block {cls.__name__} is already registered")
+    RESIDUAL_BLOCKS[cls] = kind
 
 
 def residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -18,7 +18,7 @@ CONFIG_MODULE = "learnsparse.configs"
 
 def config_dir() -> Path:
     """The folder of the shipped configs (read-only for users: add yours with --config-dir)."""
-    return Path(__file__).resolve().parent / "configs"
+    return Path(__file__).resolve().parent.parent / "configs"
 
 
 def _required(key: str, what: str = "a value") -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learnsparse.errors import UserError, first_line
+from learnsparse.core.errors import UserError, first_line
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:

@@ -3,7 +3,8 @@
 A trained layer type (its structure is learned) declares how it converts to its deployed
 form and how its learned structure is saved and restored; a deployed layer type declares what
 the structure passes must know about it. Adding a layer type is one file with the class, its
-converter and one `register_layer_type(...)` call — nothing else changes:
+converter and one `register_layer_type(...)` call (for a built-in type, one more line in the
+layer index, `learnsparse/layers/__init__.py`) — nothing else changes:
 
     register_layer_type(MyTrainedConv, converter=to_deployed,
                         save_structure=lambda m: {"mask": m.mask},
@@ -29,7 +30,15 @@ class LayerType:
     # Trained layers: the deployed form kept trainable (no BatchNorm folding, no padding a
     # gradient could fill), for condensing in place during training; None when this layer's
     # structure has no such form (it then keeps training masked).
-    trainable_form: Callable[[nn.Module], nn.Module | None] | None = None
+    trainable_converter: Callable[[nn.Module], nn.Module | None] | None = None
+    # Trained layers: the schedule that learns this type's structure ("condensing": input
+    # groups dropped in stages, CondenseNet; "grouping": inputs and filters assigned to groups,
+    # FLGC). Schedules, sparsify and the budget find their layers by it.
+    learns: str | None = None  # CONDENSING | GROUPING | None
+    # Trained layers: make the learned structure final where training has brought it (the last
+    # condensing stage, the current assignment frozen); given a generator, at a random end
+    # state instead, as if trained (benchmarks and tests: learnsparse.layers.end_state).
+    finish: Callable[[nn.Module, torch.Generator | None], None] | None = None
     # Trained layers: the learned structure as plain tensors, and putting it back on a fresh layer.
     save_structure: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
     restore_structure: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
@@ -44,6 +53,9 @@ class LayerType:
     computed_convs: Callable[[nn.Module], list[nn.Conv2d]] | None = None
     output_position: Callable[[nn.Module], torch.Tensor | None] | None = None
 
+
+# The schedules that learn a trained type's structure (LayerType.learns).
+CONDENSING, GROUPING = "condensing", "grouping"
 
 _TYPES: dict[type, LayerType] = {}
 
@@ -73,3 +85,40 @@ def has_fact(module: nn.Module, fact: str) -> bool:
 
 def registered_types() -> list[LayerType]:
     return list(_TYPES.values())
+
+
+def learned_by(module: nn.Module) -> str | None:
+    """The schedule that learns this module's structure (LayerType.learns), or None."""
+    entry = layer_type(module)
+    return entry.learns if entry is not None else None
+
+
+def outermost_layers(model: nn.Module, wanted: Callable[[LayerType], bool]) -> list[tuple[str, nn.Module, LayerType]]:
+    """(name, module, registration) of the outermost modules below `model` whose registration is
+    `wanted`, top-down. Their children are not visited: a layer type owns all of its insides."""
+    found = []
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for name, child in parent.named_children():
+            full = f"{prefix}.{name}" if prefix else name
+            entry = layer_type(child)
+            if entry is not None and wanted(entry):
+                found.append((full, child, entry))
+            else:
+                visit(child, full)
+
+    visit(model, "")
+    return found
+
+
+@torch.no_grad()
+def dense_equivalent(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every trained layer in its dense form (a plain conv whose weights
+    hold the learned zeros): what a user has without learnsparse's export, the baseline every
+    deployment speed is quoted against, and the dense tactic of a layer."""
+    import copy
+
+    dense = copy.deepcopy(model).eval()
+    for name, child, entry in outermost_layers(dense, lambda e: e.dense_form is not None):
+        dense.set_submodule(name, entry.dense_form(child))
+    return dense

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from learnsparse.connectivity import blocks, connectivity_of
+from learnsparse.core.hook_base import HookBase
+from learnsparse.layers.connectivity import blocks, connectivity_of
 
 _PALETTE = torch.tensor([[0.12, 0.47, 0.71], [1.0, 0.5, 0.05], [0.17, 0.63, 0.17], [0.84, 0.15, 0.16],
                          [0.58, 0.4, 0.74], [0.55, 0.34, 0.29], [0.89, 0.47, 0.76], [0.5, 0.5, 0.5]])
@@ -34,3 +35,15 @@ def connectivity_image(layer_or_matrix, cell: int = 2) -> torch.Tensor:
 def fixed_sparse_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """Layers whose connectivity is part of the architecture (they answer `connectivity()`)."""
     return [(name, m) for name, m in model.named_modules() if callable(getattr(m, "connectivity", None))]
+
+
+class ConnectivityImages(HookBase):
+    """At the start of training, the connection matrix of every layer that has one (fixed
+    tables, IGC, learned groupings as they start) goes to `trainer.events` as an image, under
+    the tag (`connectivity/<layer>`) the sparsity plugins update as the structure changes. The
+    TensorBoard logger config attaches it."""
+    name = "connectivity_images"
+
+    def before_train(self) -> None:
+        for name, layer in fixed_sparse_layers(self.trainer.unwrapped_model):
+            self.trainer.events.put_image(f"connectivity/{name}", connectivity_image(layer), 0)

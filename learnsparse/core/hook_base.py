@@ -18,7 +18,7 @@
 
 A hook holds a weak reference to its trainer (`self.trainer`) so the two never form a
 cycle. Hooks never look for each other: what they measure goes into `trainer.epoch_metrics`,
-what they draw or plot into `trainer.events` (learnsparse.engine.events), where the writers
+what they draw or plot into `trainer.events` (learnsparse.core.events), where the writers
 find it. `state_dict()`/`load_state_dict()` go into checkpoints under the hook's `name`, so a
 resumed run continues exactly.
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from learnsparse.layer_types import register_layer_type
+from learnsparse.core.layer_types import register_layer_type
 
 from .channel_ops import capturing_graph, select_channels
 

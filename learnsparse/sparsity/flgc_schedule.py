@@ -16,25 +16,24 @@ import logging
 import torch
 import torch.nn as nn
 
-from learnsparse.engine.distributed import broadcast_tensor_
-from learnsparse.engine.hook_base import HookBase
-from learnsparse.nn.flgc import FLGConv
-from learnsparse.nn.learned_group_conv import LearnedGroupConv
-from learnsparse.learned_grouping import sparsify
+from learnsparse.core.distributed import broadcast_tensor_
+from learnsparse.core.hook_base import HookBase
+from learnsparse.core.layer_types import CONDENSING, GROUPING, learned_by
+from learnsparse.sparsity.learned_grouping import sparsify
 
-from .condense_in_training import choose_before_training, swap_in_training, swapped_by
-from .trainable_forms import DEPLOYED, RULE, check_choice
 from .budget_groups import budget_setting
 from .budget_record import record_metrics, record_state, restore_record
+from .condense_in_training import choose_before_training, swap_in_training, swapped_by
 from .condensing import SWAP_METHOD, CondensingSchedule
-from .connectivity import connectivity_image
+from .connectivity_images import connectivity_image
+from .trainable_forms import DEPLOYED, RULE, check_choice
 
 log = logging.getLogger("learnsparse")
 
 
 def _frozen(model: nn.Module) -> None:
     for m in model.modules():
-        if isinstance(m, FLGConv) and not bool(m.frozen):
+        if learned_by(m) == GROUPING and not bool(m.frozen):
             m.freeze()
 
 
@@ -49,12 +48,12 @@ class FLGCSchedule(HookBase):
             raise ValueError("temperatures must be > 0")
         # A model rebuilt after the in-training swap has its layers in deployed form already.
         self.swapped = bool(swapped_by(model, "flgc"))
-        if not self.swapped and not any(isinstance(m, FLGConv) for m in model.modules()):
+        if not self.swapped and not any(learned_by(m) == GROUPING for m in model.modules()):
             picked, self.budget_record = budget_setting(model, budget, "flgc", groups, include, exclude, balanced)
             groups = picked or groups
             sparsify(model, "flgc", groups=groups, include=include, exclude=exclude, balanced=balanced,
                      temperature=temperature)
-        self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, FLGConv)]
+        self.layers = [(n, m) for n, m in model.named_modules() if learned_by(m) == GROUPING]
         if assignment_grad_scale <= 0:
             raise ValueError(f"assignment_grad_scale must be > 0, got {assignment_grad_scale}")
         for _, m in self.layers:
@@ -77,7 +76,7 @@ class FLGCSchedule(HookBase):
     def on_model_changed(self, mapping: dict) -> None:
         # The learned layers still in the model (a swap replaced some by their deployed forms).
         modules = dict(self.trainer.unwrapped_model.named_modules())
-        kept = [i for i, (n, _) in enumerate(self.layers) if isinstance(modules.get(n), FLGConv)]
+        kept = [i for i, (n, _) in enumerate(self.layers) if learned_by(modules.get(n)) == GROUPING]
         self.layers = [(self.layers[i][0], modules[self.layers[i][0]]) for i in kept]
         self._epoch_start = [self._epoch_start[i] for i in kept] if self._epoch_start else []
 
@@ -141,7 +140,7 @@ def LGCSchedule(model: nn.Module, groups: int = 4, condense_factor: int = 4, inc
     """`sparsity=lgc`: LearnedGroupConv in place of matching convs, condensed on CondenseNet's schedule.
     A model that has them already (rebuilt from a checkpoint's record) keeps them."""
     record = None
-    if not swapped_by(model, SWAP_METHOD) and not any(isinstance(m, LearnedGroupConv) for m in model.modules()):
+    if not swapped_by(model, SWAP_METHOD) and not any(learned_by(m) == CONDENSING for m in model.modules()):
         picked, record = budget_setting(model, budget, "lgc", groups, include, exclude)
         condense_factor = picked or condense_factor
         sparsify(model, "lgc", groups=groups, condense_factor=condense_factor, include=include, exclude=exclude)

@@ -178,7 +178,7 @@ def connectivity_of(module: nn.Module) -> Matrix:
     if hasattr(module, "connectivity") and callable(module.connectivity):
         return module.connectivity().bool().cpu()
     if isinstance(module, nn.Conv2d):
-        from learnsparse.nn.deployed import ungrouped_weight
+        from learnsparse.layers.deployed import ungrouped_weight
 
         return ungrouped_weight(module).cpu().flatten(2).ne(0).any(dim=2)
     if isinstance(module, nn.Linear):

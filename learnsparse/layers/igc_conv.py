@@ -18,10 +18,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from learnsparse import connectivity as conn
+from learnsparse.core.layer_types import register_layer_type
 
+from . import connectivity as conn
 from .channel_ops import channel_shuffle
-from .deployed import ungrouped_weight
+from .deployed import conv_with, ungrouped_weight
+from .permuted_group_conv import PermutedGroupConv
 
 
 class IGCConv(nn.Module):
@@ -63,3 +65,16 @@ class IGCConv(nn.Module):
     def extra_repr(self) -> str:
         return f"primary_groups={self.primary_groups}, secondary_groups={self.secondary_groups}"
 
+
+def convert(m: IGCConv) -> nn.Sequential:
+    device = m.primary.weight.device
+    return nn.Sequential(PermutedGroupConv(m.primary, None, m.interleave_order().to(device), m.in_channels),
+                         PermutedGroupConv(m.secondary, None, m.back_order().to(device), m.out_channels))
+
+
+def dense_form(m: IGCConv) -> nn.Conv2d:
+    return conv_with(m.composed_weight(), None, m.primary)
+
+
+# A fixed structure: nothing learned to save, the constructor rebuilds it.
+register_layer_type(IGCConv, converter=convert, dense_form=dense_form)

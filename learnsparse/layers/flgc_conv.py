@@ -21,6 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from learnsparse.core.layer_types import GROUPING, register_layer_type
+
+from .connectivity_conv import from_connectivity
+from .deployed import conv_with
 from .group_assignment import hard_assignment
 
 
@@ -137,3 +141,51 @@ class FLGConv(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, balanced={self.balanced}, "
                 f"temperature={self.temperature}")
+
+
+def convert_flgc(module: FLGConv) -> nn.Module:
+    return from_connectivity(module.weight, module.bias, module.connectivity(), module.stride, module.padding)
+
+
+def trainable_converter(module: FLGConv) -> nn.Module | None:
+    """Per-group convs, or one grouped conv when the groups are equal: no padding weights,
+    which training would move away from zero. None when a group has filters but no inputs
+    (only padding computes those): the layer then keeps training masked."""
+    in_group, out_group = module.assignments()
+    in_sizes = torch.bincount(in_group, minlength=module.groups)
+    out_sizes = torch.bincount(out_group, minlength=module.groups)
+    if bool(((in_sizes == 0) & (out_sizes > 0)).any()):
+        return None
+    used = out_sizes > 0
+    equal = bool((in_sizes[used] == in_sizes[used][0]).all() and (out_sizes[used] == out_sizes[used][0]).all())
+    layout = "padded" if equal and bool(used.all()) and bool((in_sizes > 0).all()) else "split"
+    return from_connectivity(module.weight, module.bias, module.connectivity(), module.stride, module.padding, layout)
+
+
+def save_structure(m: FLGConv) -> dict[str, torch.Tensor]:
+    in_group, out_group = m.assignments()
+    return {"in_group": in_group.cpu().clone(), "out_group": out_group.cpu().clone()}
+
+
+def restore_structure(m: FLGConv, structure: dict[str, torch.Tensor]) -> None:
+    m.in_group.copy_(structure["in_group"])
+    m.out_group.copy_(structure["out_group"])
+    m.frozen.fill_(True)
+
+
+def dense_form(m: FLGConv):
+    weight = m.weight.detach() * m.connection_mask()[:, :, None, None].to(m.weight.dtype)
+    return conv_with(weight, m.bias, m)
+
+
+@torch.no_grad()
+def finish(m: FLGConv, generator: torch.Generator | None = None) -> None:
+    """The assignment frozen, as FLGC's schedule ends: the one learned so far, or a random one."""
+    if generator is not None:
+        m.in_logits.copy_(torch.randn(m.in_logits.shape, generator=generator))
+        m.out_logits.copy_(torch.randn(m.out_logits.shape, generator=generator))
+    m.freeze()
+
+
+register_layer_type(FLGConv, converter=convert_flgc, save_structure=save_structure, restore_structure=restore_structure,
+                    dense_form=dense_form, trainable_converter=trainable_converter, learns=GROUPING, finish=finish)

@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts, measured with torch.utils.flop_counter on one example image."""
+"""Parameter, FLOP and multiply-add counts, measured with torch.utils.flop_counter on one example image."""
 from __future__ import annotations
 
 import torch
@@ -49,3 +49,8 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
 def model_stats(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
     flops = count_flops(model, example)
     return {"params": count_params(model), "flops": flops, "macs": flops // 2}
+
+
+def macs_by_module(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Multiply-adds (conv, linear, matmul) per module path; '' is the whole model."""
+    return {name: flops // 2 for name, flops in flops_by_module(model, example).items()}
