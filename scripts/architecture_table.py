@@ -5,7 +5,9 @@ test's rows (never by hand):
     .venv/bin/python scripts/architecture_table.py zoo.jsonl --write docs/regularizers.md
 
 Without --write it prints the table. With it, the table replaces what lies between the two
-markers in that file (the rest of the page is untouched).
+markers in that file (the rest of the page is untouched). With --merge as well, only the
+families the log holds are replaced (a rerun of some families, with each family's every model
+and recipe in the log); the other rows stay as the earlier run wrote them.
 """
 from __future__ import annotations
 
@@ -38,14 +40,27 @@ def _short_reason(reason: str) -> str:
     return reason
 
 
-def table(rows: list[dict]) -> str:
+HEADER = ["| family | models | exact (≤ 1e-5) | " + " | ".join(RECIPES.values())
+          + " | layers keeping zeros, each with a reason | slowest export | what stays, and why |",
+          "| --- | ---: | ---: | " + " | ".join("---" for _ in RECIPES) + " | ---: | ---: | --- |"]
+
+
+def _order(family: str) -> tuple[bool, str]:
+    return family.startswith("timm"), family
+
+
+def table(rows: list[dict], earlier: dict[str, str] | None = None) -> str:
+    """The table of `rows`; with `earlier` (family → its row from a previous table), the
+    families `rows` does not hold keep those rows."""
     by_family: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_family[r["family"]].append(r)
-    lines = ["| family | models | exact (≤ 1e-5) | " + " | ".join(RECIPES.values())
-             + " | layers keeping zeros, each with a reason | slowest export | what stays, and why |",
-             "| --- | ---: | ---: | " + " | ".join("---" for _ in RECIPES) + " | ---: | ---: | --- |"]
-    for fam in sorted(by_family, key=lambda f: (f.startswith("timm"), f)):
+    lines = list(HEADER)
+    previous = {fam: line for fam, line in (earlier or {}).items() if fam not in by_family}
+    for fam in sorted([*by_family, *previous], key=_order):
+        if fam in previous:
+            lines.append(previous[fam])
+            continue
         group = by_family[fam]
         cells = []
         for recipe in RECIPES:
@@ -68,22 +83,27 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("log", help="the JSON lines the model-zoo test wrote (LEARNSPARSE_ZOO_LOG)")
     p.add_argument("--write", help="a markdown file holding the two table markers")
+    p.add_argument("--merge", action="store_true", help="with --write: replace only the families in the log")
     args = p.parse_args(argv)
     try:
         rows = [json.loads(line) for line in Path(args.log).read_text().splitlines() if line.strip()]
     except (OSError, json.JSONDecodeError) as e:
         print(f"architecture_table: cannot read {args.log}: {e}", file=sys.stderr)
         return 2
-    text = table(rows)
     if not args.write:
-        print(text)
+        print(table(rows))
         return 0
     page = Path(args.write).read_text()
     if START not in page or END not in page:
         print(f"architecture_table: {args.write} has no {START} … {END} markers", file=sys.stderr)
         return 2
     head, rest = page.split(START, 1)
-    _, tail = rest.split(END, 1)
+    old, tail = rest.split(END, 1)
+    earlier = None
+    if args.merge:
+        body = [line for line in old.strip().splitlines() if line.startswith("| ") and line not in HEADER]
+        earlier = {line.split("|")[1].strip(): line for line in body}
+    text = table(rows, earlier)
     Path(args.write).write_text(f"{head}{START}\n{text}\n{END}{tail}")
     return 0
 

@@ -8,8 +8,9 @@ import torch
 import torch.nn as nn
 
 from learnsparse.export import condense_with_details
-from learnsparse.export.structure import channel_pruning, dependency_graph
+from learnsparse.export.structure import channel_pruning, channel_rules, dependency_graph
 from learnsparse.export.structure.channel_pruning import prune_dead_channels, remove_dead_channels
+from learnsparse.export.structure.grouped_conv import GroupedConvPruner
 from learnsparse.export.structure.passes import replay
 
 
@@ -77,6 +78,71 @@ def test_grouped_conv_pruning_replays_on_a_fresh_model():
     _same(m, fresh, torch.randn(2, 3, 8, 8))
 
 
+def test_a_whole_dead_conv_group_goes_and_the_conv_has_one_group_fewer():
+    torch.manual_seed(0)
+    m = _Grouped().eval()
+    _kill(m.conv2, m.bn2, [4, 5, 6, 7])  # conv2's group 1: every filter zero, its BatchNorm killed
+    _kill(m.conv1, m.bn1, [0, 9])  # and one dead input in two other groups: unequal, they stay
+    x = torch.randn(2, 3, 8, 8)
+    result = condense_with_details(m, x, channels_last=False)
+    conv2 = result.model.conv2
+    # Group 1's inputs (conv1's filters 4-7, which nothing else reads) and outputs go with it.
+    assert (conv2.groups, conv2.in_channels, conv2.out_channels) == (3, 12, 12)
+    assert result.model.conv1.out_channels == 12 and result.model.fc.in_features == 12
+    kept = {k["layer"]: k for k in result.pass_edits["kept_zeros"]}
+    assert set(kept) == {"conv1"} and kept["conv1"]["channels"] == 2, kept
+    _same(m, result.model, torch.randn(3, 3, 8, 8))
+
+    fresh = _Grouped().eval()  # the two sides replay in order on a freshly built model
+    replay(fresh, result.pass_edits, x[:1])
+    assert (fresh.conv2.groups, fresh.conv2.in_channels, fresh.conv2.out_channels) == (3, 12, 12)
+    fresh.load_state_dict(result.model.state_dict())
+    _same(m, fresh, torch.randn(3, 3, 8, 8))
+
+
+@pytest.mark.parametrize("inputs_first", [True, False])
+def test_whole_groups_go_from_either_side_of_a_grouped_conv(inputs_first):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(12, 8, 3, padding=1, groups=4, bias=True)  # 3 inputs and 2 outputs a group
+    with torch.no_grad():
+        conv.weight[2:6] = 0  # groups 1 and 2 are dead: a zero filter and bias each
+        conv.bias[2:6] = 0
+    reference = nn.Conv2d(6, 4, 3, padding=1, groups=2, bias=True)
+    with torch.no_grad():
+        reference.weight.copy_(conv.weight[[0, 1, 6, 7]])
+        reference.bias.copy_(conv.bias[[0, 1, 6, 7]])
+    pruner, inputs, outputs = GroupedConvPruner(), [3, 4, 5, 6, 7, 8], [2, 3, 4, 5]
+    if inputs_first:
+        pruner.prune_in_channels(conv, inputs)
+        pruner.prune_out_channels(conv, outputs)  # the second side: already gone with the first
+    else:
+        pruner.prune_out_channels(conv, outputs)
+        pruner.prune_in_channels(conv, inputs)
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (2, 6, 4)
+    assert not hasattr(conv, "_whole_groups_pending")
+    x = torch.randn(2, 12, 5, 5)
+    _same(reference, conv, x[:, [0, 1, 2, 9, 10, 11]])
+
+
+def test_zero_masks_are_read_once_per_weight_and_never_stale(monkeypatch):
+    torch.manual_seed(0)
+    m = _Grouped().eval()
+    _kill(m.conv1, m.bn1, [2])
+    reads = []
+    real = channel_rules._compute_zero_masks
+    monkeypatch.setattr(channel_rules, "_compute_zero_masks", lambda w, groups: reads.append(w) or real(w, groups))
+    with channel_rules.cached_zero_masks():
+        first = channel_rules.zero_filters(m.conv1)
+        assert channel_rules.unread_inputs(m.conv1).tolist() == [False] * 3 and len(reads) == 1
+        with torch.no_grad():
+            m.conv1.weight[5] = 0  # an in-place write: the cached answer is stale
+        after = channel_rules.zero_filters(m.conv1)
+        assert len(reads) == 2 and after[5] and not first[5] and first[2]
+    channel_rules.zero_filters(m.conv1)
+    channel_rules.zero_filters(m.conv1)
+    assert len(reads) == 4  # outside the context nothing is kept
+
+
 class _Shuffle(nn.Module):
     """ShuffleNetV2's pattern: split in halves, one half through a branch, cat, channel shuffle."""
 
@@ -110,6 +176,17 @@ def test_channel_shuffle_and_split_never_break_the_model():
     kept = {k["layer"]: k["reason"] for k in result.pass_edits["kept_zeros"]}
     assert {"stem", "conv2"} <= set(kept), kept
     _same(m, result.model, torch.randn(3, 3, 8, 8))
+
+
+def test_a_group_search_stops_where_it_reaches_a_channel_shuffle():
+    torch.manual_seed(0)
+    m = _Shuffle().eval()
+    DG = dependency_graph.build(m, torch.randn(1, 3, 8, 8))
+    prune_out = DG.get_pruner_of_module(m.conv2).prune_out_channels
+    with pytest.raises(dependency_graph.ReachesOpaque, match="channel shuffle"):
+        DG.get_pruning_group(m.conv2, prune_out, [0], stop_at_opaque=True)
+    group = DG.get_pruning_group(m.conv2, prune_out, [0])  # without the stop (a replay): the whole group
+    assert any(item.dep.target in DG.opaque for item in group.items)
 
 
 class _PartialAdd(nn.Module):

@@ -145,24 +145,50 @@ def blocks(matrix: Matrix) -> tuple[torch.Tensor, torch.Tensor, int]:
     are numbered in the order of their first output channel."""
     m = matrix.bool().cpu()
     n_out, n_in = m.shape
-    big = n_out + n_in
-    label = torch.arange(n_out)
-    # Label propagation: every output takes the smallest label among the outputs it shares an
-    # input with, until nothing changes (at most the graph's diameter rounds).
+    if n_out == 0 or n_in == 0:
+        return torch.full((n_out,), -1, dtype=torch.long), torch.full((n_in,), -1, dtype=torch.long), 0
+    # Outputs that read the same inputs are in one block, and so are inputs read by the same
+    # outputs: the search runs on the distinct rows and columns only, which for a grouping
+    # (any number of channels in G groups) is a G×G matrix, not out×in.
+    rows, row_of = _distinct(m)
+    cols, col_of = _distinct(rows.t())
+    reduced = cols.t()  # [distinct rows, distinct columns]
+    big = reduced.shape[0] + 1
+    label = torch.arange(reduced.shape[0])
+    # Label propagation: every row takes the smallest label among the rows it shares a column
+    # with, until nothing changes (at most the graph's diameter rounds).
     while True:
-        in_label = torch.where(m, label[:, None], big).amin(dim=0)  # [in]
-        new = torch.minimum(label, torch.where(m, in_label[None, :], big).amin(dim=1))
+        col_label = torch.where(reduced, label[:, None], big).amin(dim=0)
+        new = torch.minimum(label, torch.where(reduced, col_label[None, :], big).amin(dim=1))
         if torch.equal(new, label):
             break
         label = new
-    in_label = torch.where(m, label[:, None], big).amin(dim=0) if n_out else torch.full((n_in,), big)
+    col_label = torch.where(reduced, label[:, None], big).amin(dim=0)
+    out_label, in_label = label[row_of], col_label[col_of]
     connected_out, connected_in = m.any(dim=1), m.any(dim=0)
-    roots = torch.unique(label[connected_out])  # sorted: first output of each block
-    out_block = torch.full((n_out,), -1, dtype=torch.long)
-    in_block = torch.full((n_in,), -1, dtype=torch.long)
-    out_block[connected_out] = torch.searchsorted(roots, label[connected_out])
-    in_block[connected_in] = torch.searchsorted(roots, in_label[connected_in])
+    # Blocks numbered by their first output channel.
+    first = torch.full((big,), n_out, dtype=torch.long).scatter_reduce(
+        0, out_label[connected_out], torch.arange(n_out)[connected_out], "amin")
+    roots = torch.unique(out_label[connected_out])
+    order = torch.argsort(first[roots])
+    number = torch.full((big + 1,), -1, dtype=torch.long)
+    number[roots[order]] = torch.arange(len(roots))
+    out_block = torch.where(connected_out, number[out_label.clamp_max(big)], -1)
+    in_block = torch.where(connected_in, number[in_label.clamp_max(big)], -1)
     return out_block, in_block, len(roots)
+
+
+def _distinct(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the distinct rows of a bool matrix, the index of each row among them). Rows are
+    compared packed eight columns to a byte."""
+    n, width = m.shape
+    padded = torch.nn.functional.pad(m.to(torch.uint8), (0, (-width) % 8))
+    packed = (padded.view(n, -1, 8) * torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)).sum(
+        dim=2, dtype=torch.uint8)
+    _, index = torch.unique(packed, dim=0, return_inverse=True)
+    representative = torch.full((int(index.max()) + 1,), n, dtype=torch.long).scatter_reduce(
+        0, index, torch.arange(n), "amin")
+    return m[representative], index
 
 
 def is_complete(matrix: Matrix, out_block: torch.Tensor, in_block: torch.Tensor) -> bool:

@@ -8,9 +8,10 @@ file drives it over a whole model, and never returns a model that computes somet
 1. for each conv or linear layer, only the channels that look dead there (a zero filter, a
    killed BatchNorm, an input its readers ignore) start a group search, bounded in steps
    (`dependency_graph`), so the search stays small on any topology;
-2. a group that reaches a grouped conv loses the same count from each conv group; one that
-   reaches a reshape Torch-Pruning cannot map (a channel shuffle), or whose indices it maps
-   out of range (some splits), keeps its channels;
+2. a group that reaches a grouped conv loses whole conv groups (their other side goes right
+   after it, as a group of its own: `_other_side`) and the same count from each other conv
+   group; one that reaches a reshape Torch-Pruning cannot map (a channel shuffle), or whose
+   indices it maps out of range (some splits), keeps its channels;
 3. each group is pruned under a snapshot: if Torch-Pruning raises, its layers are put back.
    The pruned model's output is compared with the original's on the example and on noise;
    if it moved, the pass starts again from the snapshot and checks after every group that
@@ -21,6 +22,7 @@ Whatever looked dead and stays is listed, a layer a line, with the reason (`kept
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 import torch
@@ -29,17 +31,19 @@ import torch_pruning as tp
 
 from .channel_rules import (
     _WEIGHTED,
-    _columns_zero,
     _is_bn_kernel,
     _is_depthwise,
     _preserves_zero,
     analyse,
+    cached_zero_masks,
     fold_constants,
     indices_in_range,
     removable_channels,
+    unread_inputs,
+    zero_filters,
 )
-from .dependency_graph import MAX_SEARCH_STEPS, SearchBound, build
-from .grouped_conv import equal_per_group, is_grouped
+from .dependency_graph import MAX_SEARCH_STEPS, ReachesOpaque, SearchBound, build
+from .grouped_conv import channels_of, equal_per_group, is_grouped, whole_groups
 from .module_state import Snapshot, kept_state
 
 __all__ = ["ChannelPruning", "prune_dead_channels", "remove_dead_channels", "removable_channels"]
@@ -71,7 +75,7 @@ def prune_dead_channels(model: nn.Module, example_inputs: torch.Tensor,
                         max_search_steps: int = MAX_SEARCH_STEPS) -> ChannelPruning:
     """`remove_dead_channels`, with the zeros that stayed (`ChannelPruning.kept`). Module modes,
     requires_grad flags and memory formats are as they were when it returns."""
-    with kept_state(model):
+    with kept_state(model), cached_zero_masks():
         try:
             DG = build(model, example_inputs, max_search_steps)
         except Exception as e:  # noqa: BLE001 - the model stays as it is, its zeros listed
@@ -109,7 +113,10 @@ def _prune_groups(model, DG, example_inputs, probe, reference, check_each: bool)
         if not candidates:
             continue
         try:
-            group = DG.get_pruning_group(root, pruner.prune_out_channels, candidates)
+            group = DG.get_pruning_group(root, pruner.prune_out_channels, candidates, stop_at_opaque=True)
+        except ReachesOpaque as e:
+            _keep(kept, root, len(candidates), f"they pass through {e.why}: coupled, kept")
+            continue
         except SearchBound as e:
             _keep(kept, root, len(candidates), f"{e}: kept")
             continue
@@ -137,8 +144,9 @@ def _prune_groups(model, DG, example_inputs, probe, reference, check_each: bool)
         if bool((removable | foldable).all()):  # a layer keeps one channel, so its shape stays valid
             last = torch.nonzero(foldable if foldable.any() else removable).flatten()[0]
             foldable[last] = removable[last] = False
-        remove, grouped_why = _equal_per_conv_group(group, DG, torch.nonzero(removable).flatten().tolist())
-        snapshot = Snapshot(model, DG)
+        remove, whole, grouped_why = _per_conv_group(group, DG, torch.nonzero(removable).flatten().tolist())
+        snapshot = Snapshot(model, DG, _touched(model, group, DG) +
+                            [m for _, _, _, other in whole for m in _touched(model, other, DG)])
         added = []
         if foldable.any():
             had_bias = {m for m in model.modules() if isinstance(m, _WEIGHTED) and m.bias is not None}
@@ -152,6 +160,11 @@ def _prune_groups(model, DG, example_inputs, probe, reference, check_each: bool)
                 # records exactly what was removed, so the history replays on a fresh model.
                 pruned = DG.get_pruning_group(root, pruner.prune_out_channels, remove)
                 pruned.prune()
+                # Whole conv groups: their other side, at once (grouped_conv.py), as its own
+                # group in the history so that it replays in the same order.
+                others = [DG.get_pruning_group(m, fn, idxs) for m, fn, idxs, _ in whole]
+                for other in others:
+                    other.prune()
                 if check_each and _unusual(group, DG) and not _same_output(model, probe, reference):
                     raise _Moved()
             except Exception as e:  # noqa: BLE001 - undo this group, keep its zeros
@@ -161,7 +174,8 @@ def _prune_groups(model, DG, example_inputs, probe, reference, check_each: bool)
                 _keep_group(kept, group, DG, cand, why)
                 continue
             removed[remove] = True
-            _renumber(handled, pruned, DG)
+            for done in (pruned, *others):
+                _renumber(handled, done, DG)
         elif added:
             snapshot.restore()  # constants folded for channels that then stayed: undo the folds
             added = []
@@ -183,8 +197,24 @@ def _renumber(handled: dict, pruned, DG) -> None:
     for item in pruned.items:
         m = item.dep.target.module
         if m in handled and DG.is_out_channel_pruning_fn(item.dep.handler):
-            gone = torch.as_tensor(sorted(set(item.idxs)))
-            handled[m] = {int(i - (gone < i).sum()) for i in handled[m] if i not in set(item.idxs)}
+            gone = sorted(set(item.idxs))
+            removed = set(gone)
+            handled[m] = {i - bisect_left(gone, i) for i in handled[m] if i not in removed}
+
+
+def _touched(model: nn.Module, group, DG) -> list:
+    """The modules that pruning (part of) `group`, or folding constants into its readers, can
+    change: each item's layer or op, and the module holding each bare parameter (Torch-Pruning
+    replaces it there). A group pruned with a subset of the indices reaches a subset of these."""
+    out = []
+    for item in group.items:
+        m = item.dep.target.module
+        if isinstance(m, nn.Parameter):
+            owner = DG._param_to_name.get(m, "").rpartition(".")[0]
+            out.append(model.get_submodule(owner))
+        elif isinstance(m, nn.Module):
+            out.append(m)
+    return out
 
 
 def _unusual(group, DG) -> bool:
@@ -204,35 +234,79 @@ class _Moved(Exception):
     """The pruned model's output moved."""
 
 
-def _equal_per_conv_group(group, DG, remove: list[int]) -> tuple[list[int], str | None]:
-    """Cut `remove` (root channels) down until every grouped conv of the group loses the same
-    count from each of its groups."""
+def _per_conv_group(group, DG, remove: list[int]) -> tuple[list[int], list, str | None]:
+    """Cut `remove` (root channels) down until every grouped conv of the group loses whole groups
+    (where the other side of those groups can go too) and the same count from each other group.
+    Returns the root channels, the other sides to prune right after the group — (conv, pruning
+    function, channels, that side's group) each — and why channels stay, if some do."""
     grouped = [item for item in group.items if is_grouped(item.dep.target.module)]
     if not grouped or not remove:
-        return remove, None
-    keep_set, why = set(remove), None
-    for _ in range(len(grouped) + 1):  # the set only shrinks: a fixed point comes quickly
-        changed = False
+        return remove, [], None
+    sides: dict[nn.Module, set[bool]] = {}
+    for item in grouped:
+        sides.setdefault(item.dep.target.module, set()).add(DG.is_out_channel_pruning_fn(item.dep.handler))
+    members = {item.dep.target.module for item in group.items}
+    keep_set, why, looked = set(remove), None, {}
+    while True:  # the set only shrinks: a fixed point comes quickly
+        changed, plans = False, []
         for item in grouped:
             m = item.dep.target.module
             outputs = DG.is_out_channel_pruning_fn(item.dep.handler)
             hit = [(i, r) for i, r in zip(item.idxs, item.root_idxs) if r in keep_set]
-            allowed = set(equal_per_group(m, [i for i, _ in hit], outputs))
+            whole = whole_groups(m, [i for i, _ in hit], outputs) if len(sides[m]) == 1 else []
+            if whole:
+                key = (m, outputs, tuple(whole))
+                if key not in looked:
+                    looked[key] = _other_side(DG, m, outputs, whole, members)
+                plan = looked[key]
+                if plan is None:
+                    whole = []
+                else:
+                    plans.append(plan)
+            allowed = set(equal_per_group(m, [i for i, _ in hit], outputs, whole))
             dropped = {r for i, r in hit if i not in allowed}
             if dropped:
                 keep_set -= dropped
                 changed = True
                 why = f"a grouped conv (groups={m.groups}) would lose unequal counts per group: the rest stay"
         if not changed:
-            break
-    return sorted(keep_set), why
+            return sorted(keep_set), plans, why
+
+
+def _other_side(DG, m: nn.Module, outputs: bool, whole: list[int], members: set):
+    """The group that removes the other side of conv groups `whole` of `m` (its outputs, when
+    the first side was its inputs, or the reverse), if every channel of it can go and pruning
+    it after the first side is safe; None otherwise."""
+    if m.out_channels // m.groups == 1:
+        return None  # one filter a group: the conv left would look depthwise to Torch-Pruning
+    pruner = DG.get_pruner_of_module(m)
+    fn = pruner.prune_in_channels if outputs else pruner.prune_out_channels
+    idxs = channels_of(m, whole, not outputs)
+    try:
+        other = DG.get_pruning_group(m, fn, idxs, stop_at_opaque=True)
+    except Exception:  # noqa: BLE001 - a search over its bound, or a mapping that fails: not whole groups
+        return None
+    if not indices_in_range(DG, other) or any(item.dep.target in DG.opaque for item in other.items):
+        return None
+    a = analyse(DG, other, m.in_channels if outputs else m.out_channels)
+    if a.is_output or not bool(a.removable[idxs].all()):
+        return None
+    for item in other.items:
+        t, out = item.dep.target.module, DG.is_out_channel_pruning_fn(item.dep.handler)
+        if t is m:
+            if out == outputs:
+                return None  # it reaches the first side again
+        elif t in members:
+            return None  # shared with the first group: its numbering would move under the second
+        elif is_grouped(t) and equal_per_group(t, item.idxs, out) != sorted(set(item.idxs)):
+            return None
+    return m, fn, idxs, other
 
 
 def _looks_dead(DG, root: nn.Module) -> list[int]:
     """Channels of `root`'s output that are zero there, or unread by the layers that read it
     directly (through its BatchNorm and zero-preserving ops): the only ones worth a search."""
-    w = root.weight.detach()
-    dead = (w.flatten(1) == 0).all(dim=1)
+    dead = zero_filters(root)
     node = DG.module2node[root]
     frontier, seen = list(node.outputs), set()
     while frontier:
@@ -247,7 +321,7 @@ def _looks_dead(DG, root: nn.Module) -> list[int]:
         elif isinstance(m, _WEIGHTED) and not _is_depthwise(m):
             in_width = m.weight.shape[1] * (m.groups if isinstance(m, nn.Conv2d) else 1)
             if in_width == dead.numel():
-                dead |= _columns_zero(m, list(range(in_width)))
+                dead |= unread_inputs(m)
         elif (_preserves_zero(m) and not isinstance(m, _STRUCTURAL)) or _is_depthwise(m) or _is_bn_kernel(m):
             frontier += nxt.outputs
     return torch.nonzero(dead).flatten().tolist()
@@ -281,7 +355,7 @@ def _all_dead_layers(model: nn.Module, reason: str) -> list[dict]:
     rows = []
     for name, m in model.named_modules():
         if isinstance(m, _WEIGHTED):
-            dead = int((m.weight.detach().flatten(1) == 0).all(dim=1).sum())
+            dead = int(zero_filters(m).sum())
             if dead:
                 rows.append({"layer": name, "channels": dead, "of": _width(m), "reason": reason})
     return rows

@@ -22,6 +22,8 @@ nobody reads) and is not removable gets a reason, for the export report.
 """
 from __future__ import annotations
 
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -61,23 +63,96 @@ def _is_depthwise(m: nn.Module) -> bool:
 
 def _rows_zero(m: nn.Module, idxs: list[int]) -> torch.Tensor:
     """Per output index: the filter and its bias are all zero."""
-    dead = (m.weight.detach() == 0).flatten(1).all(dim=1)
+    dead = zero_filters(m)[torch.as_tensor(idxs, dtype=torch.long)]
     if m.bias is not None:
-        dead &= m.bias.detach() == 0
-    return dead[torch.as_tensor(idxs, dtype=torch.long)]
+        dead &= m.bias.detach()[idxs] == 0
+    return dead
 
 
 def _columns_zero(m: nn.Module, idxs: list[int]) -> torch.Tensor:
-    """Per input index: no weight of the layer reads it. (Computed over the whole weight, then
-    indexed: a gather of a large linear layer's columns first would copy the layer.)"""
-    zero = m.weight.detach() == 0
-    if isinstance(m, nn.Conv2d) and m.groups > 1:
-        # Input channel i of a grouped conv is column i mod (in/groups) of its group's filters.
-        per_group, out_per_group = m.in_channels // m.groups, m.out_channels // m.groups
-        unread = zero.reshape(m.groups, out_per_group, per_group, -1).all(dim=3).all(dim=1).flatten()
-    else:
-        unread = zero.transpose(0, 1).flatten(1).all(dim=1)
-    return unread[torch.as_tensor(idxs, dtype=torch.long)]
+    """Per input index: no weight of the layer reads it."""
+    return unread_inputs(m)[torch.as_tensor(idxs, dtype=torch.long)]
+
+
+# Which filters of a layer are all zero, and which of its inputs no weight reads: the pass asks
+# this of a layer once per group that touches it, each time a pass over the layer's weight
+# (regnet_y_128gf, 0.6 G parameters, spent 13 of its 37 export seconds here). Inside
+# `cached_zero_masks` each weight tensor is read once. An entry is keyed by the tensor itself
+# and its version counter: pruners and folds put new tensors in place, an in-place write bumps
+# the version, so a stale entry is never used; outside the context nothing is kept.
+_MASKS: dict | None = None
+
+
+@contextmanager
+def cached_zero_masks():
+    global _MASKS
+    outer = _MASKS
+    _MASKS = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _MASKS = outer
+
+
+def _zero_masks(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    w = m.weight
+    groups = m.groups if isinstance(m, nn.Conv2d) else 1
+    key, version = (id(w), groups), _version(w)
+    if _MASKS is not None and version is not None:
+        hit = _MASKS.get(key)
+        if hit is not None and hit[0]() is w and hit[1] == version:
+            return hit[2], hit[3]
+    filters, unread = _compute_zero_masks(w.detach(), groups)
+    if _MASKS is not None and version is not None:
+        _MASKS[key] = (weakref.ref(w), version, filters, unread)
+    return filters, unread
+
+
+def _version(t: torch.Tensor) -> int | None:
+    try:
+        return t._version
+    except RuntimeError:  # an inference-mode tensor has no version counter: never cached
+        return None
+
+
+# Rows compared with zero at a time: a boolean copy of a whole weight (hundreds of MB on the
+# largest networks) costs more in fresh memory than the comparison itself.
+_CHUNK = 1 << 20
+
+
+def _compute_zero_masks(w: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(filter all zero, per output channel; input channel read by no weight, per input channel).
+    Input channel i of a grouped conv is column i mod (in/groups) of its own group's filters."""
+    flat = w.reshape(w.shape[0], w.shape[1], -1)  # (out, inputs per group, kernel taps)
+    out, width, taps = flat.shape
+    per_group = out // groups
+    filters = torch.empty(out, dtype=torch.uint8, device=w.device)
+    unread = torch.ones(groups, width, dtype=torch.uint8, device=w.device)
+    rows = max(1, _CHUNK // max(1, width * taps))
+    # Reductions run on the comparison viewed as bytes: `amin` there is many times faster than
+    # `all` on booleans, on the same values.
+    if groups == 1:
+        for i in range(0, out, rows):
+            zero = (flat[i:i + rows] == 0).view(torch.uint8)
+            filters[i:i + rows] = zero.flatten(1).amin(dim=1)
+            unread[0] &= zero.amin(dim=2).amin(dim=0)
+    else:  # whole groups at a time
+        step = max(1, rows // per_group)
+        for g in range(0, groups, step):
+            zero = (flat[g * per_group:(g + step) * per_group] == 0).view(torch.uint8)
+            filters[g * per_group:(g + step) * per_group] = zero.flatten(1).amin(dim=1)
+            unread[g:g + step] = zero.reshape(-1, per_group, width, taps).amin(dim=3).amin(dim=1)
+    return filters.bool(), unread.flatten().bool()
+
+
+def zero_filters(m: nn.Module) -> torch.Tensor:
+    """Per output channel of a conv or linear layer: its filter is all zero (bias aside). A copy."""
+    return _zero_masks(m)[0].clone()
+
+
+def unread_inputs(m: nn.Module) -> torch.Tensor:
+    """Per input channel of a conv or linear layer: no weight reads it. A copy."""
+    return _zero_masks(m)[1].clone()
 
 
 def _bn_dead(bn: nn.BatchNorm2d, idxs: list[int], input_zero: torch.Tensor | None) -> torch.Tensor:
@@ -210,7 +285,7 @@ def analyse(DG: tp.DependencyGraph, group, n: int) -> GroupAnalysis:
                 if _feeds_batchnorm(DG, m):
                     continue  # its BatchNorm is the writer that decides
                 dead = _rows_zero(m, idxs)
-                constant = (m.weight.detach()[idxs].flatten(1) == 0).all(dim=1)  # only the bias is left
+                constant = zero_filters(m)[torch.as_tensor(idxs, dtype=torch.long)]  # only the bias is left
                 result.writer_dead[m] = _scatter_any(dead, roots, n)
             else:
                 dead = constant = torch.zeros(len(idxs), dtype=torch.bool)  # an op that may not keep zeros

@@ -38,6 +38,16 @@ class SearchBound(RuntimeError):
     """A group's dependency search visited more than `max_search_steps` dependencies."""
 
 
+class ReachesOpaque(RuntimeError):
+    """A group's dependency search reached an opaque reshape: the group keeps its channels
+    whatever else it holds, so the search stops there (on MaxViT's window partitions the whole
+    search took minutes, group after group)."""
+
+    def __init__(self, why: str):
+        super().__init__(why)
+        self.why = why
+
+
 class DependencyGraph(tp.DependencyGraph):
     def __init__(self, max_search_steps: int = MAX_SEARCH_STEPS):
         super().__init__()
@@ -62,9 +72,10 @@ class DependencyGraph(tp.DependencyGraph):
                     self.opaque[node] = why
         return self
 
-    def get_pruning_group(self, module: nn.Module, pruning_fn, idxs) -> Group:
+    def get_pruning_group(self, module: nn.Module, pruning_fn, idxs, stop_at_opaque: bool = False) -> Group:
         """Torch-Pruning's get_pruning_group (1.6), with the search bounded and the reshape
-        mapping made safe; otherwise the same, so recorded histories replay identically."""
+        mapping made safe; otherwise the same, so recorded histories replay identically. With
+        `stop_at_opaque`, reaching an opaque reshape raises `ReachesOpaque` at once."""
         if module not in self.module2node:
             raise ValueError(f"Module {module} is not in the dependency graph.")
         if isinstance(module, ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
@@ -95,6 +106,8 @@ class DependencyGraph(tp.DependencyGraph):
                     continue
                 if new_dep.target in visited and group.has_pruning_op(new_dep, new_idxs):
                     continue
+                if stop_at_opaque and new_dep.target in self.opaque:
+                    raise ReachesOpaque(self.opaque[new_dep.target])
                 group.add_dep(new_dep, new_idxs)
                 stack.append((new_dep, new_idxs))
         merged = Group()

@@ -23,6 +23,7 @@ from learnsparse.layers.residual_blocks import residual_blocks
 
 from . import dependency_graph
 from .channel_pruning import prune_dead_channels
+from .channel_rules import cached_zero_masks, unread_inputs, zero_filters
 from .dead_branches import dead_branch_names, shortcut_only
 from .fold_batchnorm import fold_batchnorms
 from .fold_permutations import fold_output_permutations
@@ -38,8 +39,7 @@ def _has_dead_structure(model: nn.Module) -> bool:
         return False
     for m in model.modules():
         if type(m) in (nn.Conv2d, nn.Linear):
-            w = m.weight.detach()
-            if (w.flatten(1) == 0).all(dim=1).any() or (w.transpose(0, 1).flatten(1) == 0).all(dim=1).any():
+            if zero_filters(m).any() or unread_inputs(m).any():
                 return True
         elif isinstance(m, nn.BatchNorm2d) and m.affine and ((m.weight == 0) & (m.bias == 0)).any():
             return True
@@ -72,11 +72,13 @@ def remove_dead_structure(model: nn.Module, example_inputs: torch.Tensor) -> tup
         model.set_submodule(name, shortcut_only(blocks[name]))
         rows.append((name, type(blocks[name]).__name__, "ShortcutOnly"))
         edits["shortcut_only"].append(name)
-    note = no_conv_structure(model)
+    note, channels = no_conv_structure(model), None
     if note:
         rows.append(("", type(model).__name__, note))
-    elif _has_dead_structure(model):
-        channels = prune_dead_channels(model, example_inputs)
+    else:
+        with cached_zero_masks():  # the check and the pass read each weight's zeros once
+            channels = prune_dead_channels(model, example_inputs) if _has_dead_structure(model) else None
+    if channels is not None:
         kept = {k["layer"]: k for k in channels.kept}
         for n, m, b, a in channels.changed:
             rows.append((n, f"{type(m).__name__} ×{b}", f"{type(m).__name__} ×{a}" + _kept_note(kept.pop(n, None))))
