@@ -35,9 +35,9 @@ from bench_cases import CASES, Case
 
 from learnsparse.core import runtimes as registry
 from learnsparse.core.counting import macs_by_module
+from learnsparse.core.graph_capture import graph_form, quiet_onnx_export
 from learnsparse.core.runtimes import export_target, interleaved_ms, runner
 from learnsparse.export import condense, condense_with_details, dense_equivalent
-from learnsparse.export.artifacts import graph_form, quiet_onnx_export
 
 NETWORKS = ("dense", "twin", "export")
 

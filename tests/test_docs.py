@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,11 +94,12 @@ def test_the_documented_plugin_trains_under_the_term_it_declares(tmp_path, monke
     its loss term is logged under the name its `loss_names` declares (the trainer refuses any
     other)."""
     from learnsparse import train
-    from learnsparse.cli import split_arguments
+    from learnsparse.cli import _current_folder_importable, split_arguments
     from learnsparse.core.config_dir import compose
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))  # the command's PYTHONPATH=.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    _current_folder_importable()  # as the command does: the folder it runs from imports
     user_config_files(tmp_path)
     [command] = [c for c in command_lines(REPO / "docs" / "trainer.md") if "sparsity=first_conv_l2" in c]
     words = [w for w in shlex.split(command) if not w.startswith("PYTHONPATH=")]

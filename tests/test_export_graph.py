@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from learnsparse import sparsify
+from learnsparse.core.graph_capture import quiet_onnx_export
 from learnsparse.export import condense, dense_equivalent, load, save_onnx, save_pt2
-from learnsparse.export.artifacts import quiet_onnx_export, save_condensed
+from learnsparse.export.artifacts import save_condensed
 from learnsparse.layers import FLGConv, LearnedGroupConv
 from learnsparse.layers.end_state import at_end_state
 from learnsparse.layers.igc_conv import IGCConv

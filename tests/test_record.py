@@ -228,3 +228,66 @@ def test_flgconv_is_public():
     from learnsparse.layers import FLGConv
 
     assert FLGConv.__module__ == "learnsparse.layers.flgc_conv"
+
+
+def _exported_record(tmp_path):
+    """A CondenseNet and an FLGC network through `condense`: their records use every export op
+    (convert, structure_passes, memory_format) and sparsify."""
+    from learnsparse import sparsify
+    from learnsparse.layers.end_state import at_end_state
+    from learnsparse.models import create_model
+
+    out = []
+    for name, grouped in (("condensenet_mini", False), ("resnet20", True)):
+        model = create_model(name, num_classes=10, in_channels=1 if name == "condensenet_mini" else 3)
+        if grouped:
+            sparsify(model, method="flgc", groups=2, include=["layer1.*"])
+        at_end_state(model.eval(), seed=3)
+        x = torch.randn(4, 1 if name == "condensenet_mini" else 3, 16, 16)
+        deployed = condense_with_details(model, x, target="eager").model
+        save_condensed(tmp_path / f"{name}.pt", deployed, {"_target_": "learnsparse.models.create_model",
+                                                         "name": name, "num_classes": 10,
+                                                         "in_channels": x.shape[1]}, list(x.shape[1:]))
+        out.append((tmp_path / f"{name}.pt", deployed, x))
+    return out
+
+
+def test_records_written_before_edits_named_their_function_still_load(tmp_path):
+    """A record of the older form (ops by name only), and one whose `redone_by` names a function
+    that has since moved, rebuild the same deployed network through the built-in op table."""
+    for path, deployed, x in _exported_record(tmp_path):
+        blob = torch.load(path, weights_only=True)
+        ops = {e["op"] for e in blob["record"]["edits"]}
+        assert {"convert", "structure_passes", "memory_format"} <= ops
+        for variant in ("older", "moved"):
+            for e in blob["record"]["edits"]:
+                if variant == "older":
+                    e.pop("redone_by", None)
+                else:
+                    e["redone_by"] = "learnsparse.a_module_that_moved.redo"
+            torch.save(blob, tmp_path / f"{variant}.pt")
+            loaded = load(tmp_path / f"{variant}.pt")
+            torch.testing.assert_close(loaded(x), deployed(x), rtol=0, atol=0)
+
+
+def test_an_edit_must_name_a_function_rebuild_can_import():
+    from learnsparse.core.record import declare_edit
+
+    def local(model, edit):
+        return None
+
+    with pytest.raises(ValueError, match="module-level function"):
+        declare_edit(nn.Linear(2, 2), "mine", local)
+    with pytest.raises(ValueError, match="module-level function"):
+        declare_edit(nn.Linear(2, 2), "mine", "no_such_package.redo")
+
+
+def test_a_config_saved_before_a_plugin_moved_names_it_where_it_is():
+    from learnsparse.core.plugins import with_current_targets
+    from learnsparse.engine.resume import training_identity
+
+    old = {"sparsity": {"flgc": {"_target_": "learnsparse.sparsity.flgc.FLGCSchedule", "groups": 4}}, "seed": 0}
+    new = {"sparsity": {"flgc": {"_target_": "learnsparse.sparsity.flgc_schedule.FLGCSchedule", "groups": 4}},
+           "seed": 0}
+    assert with_current_targets(old) == new
+    assert training_identity(old) == training_identity(new)  # resume=auto finds the run begun before

@@ -36,8 +36,12 @@ def _trained(name: str, in_channels: int, seed: int, flgc: bool) -> torch.nn.Mod
 CASES = [("resnet20", 3, 32, True), ("condensenet_mini", 1, 28, False)]
 
 
-@pytest.mark.parametrize("name, channels, size, flgc", CASES)
-@pytest.mark.parametrize("target, measure", [("eager", True), ("onnxruntime", True), ("eager", False)])
+@pytest.mark.parametrize("name, channels, size, flgc, target, measure", [
+    (*case, target, measure) if not (case[0] == "resnet20" and target == "onnxruntime")
+    # FLGC ResNet-20 timed in ONNX Runtime builds a session per form of each of its layers
+    # (minutes on two cores): under -m slow; CondenseNet's blocks are timed there in make test.
+    else pytest.param(*case, target, measure, marks=pytest.mark.slow)
+    for case in CASES for target, measure in [("eager", True), ("onnxruntime", True), ("eager", False)]])
 def test_each_layer_takes_its_faster_form_and_load_replays_it(tmp_path, name, channels, size, flgc, target,
                                                               measure):
     model = _trained(name, channels, seed=len(target), flgc=flgc)

@@ -51,3 +51,24 @@ def build_plugins(cfg: DictConfig, model: torch.nn.Module, input_shape: list[int
         raise UserError("budget: no sparsity plugin of this run meets a budget; add threshold (after SSL, group lasso "
                         "or slimming), lgc or flgc to sparsity")
     return plugins
+
+
+# Modules that plugins moved out of: a config saved before the move names its `_target_`s there.
+MOVED_MODULES = {"learnsparse.sparsity.flgc.": "learnsparse.sparsity.flgc_schedule.",
+                 "learnsparse.sparsity.connectivity.": "learnsparse.sparsity.connectivity_images."}
+
+
+def with_current_targets(node):
+    """A saved config (plain dicts and lists) with every `_target_` in a moved module renamed."""
+    if isinstance(node, dict):
+        out = {k: with_current_targets(v) for k, v in node.items()}
+        target = out.get("_target_")
+        if isinstance(target, str):
+            for old, new in MOVED_MODULES.items():
+                if target.startswith(old):
+                    out["_target_"] = new + target[len(old):]
+        return out
+    if isinstance(node, list):
+        return [with_current_targets(v) for v in node]
+    return node
+

@@ -29,8 +29,9 @@ from .layer_types import layer_type
 _EDITS_ATTR = "_learnsparse_edits"
 Redo = Callable[[nn.Module, dict], "nn.Module | None"]
 
-# Records written before edits named their function: the function of each op they used.
-_BEFORE_REDONE_BY = {
+# learnsparse's own ops and the function that redoes each: for records written before edits
+# named their function, and for a record whose function has since moved.
+BUILTIN_OPS = {
     "sparsify": "learnsparse.sparsity.learned_grouping.redo_sparsify",
     "convert": "learnsparse.export.condense.redo_convert",
     "structure_passes": "learnsparse.export.condense.redo_structure_passes",
@@ -51,21 +52,33 @@ def declare_edit(model: nn.Module, op: str, redone_by: Redo | str, **arguments) 
     the module-level function `rebuild` calls to redo it, `fn(model, edit) -> model | None` (a
     returned module replaces the model, for edits such as a memory-format change)."""
     name = redone_by if isinstance(redone_by, str) else qualified_name(redone_by)
-    if "<" in name:
+    try:  # what rebuild will import must import now, or the record could not be rebuilt
+        found = _import_function(name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"edit {op!r}: redone_by must name a module-level function ({e})") from e
+    if not isinstance(redone_by, str) and found is not redone_by:
         raise ValueError(f"edit {op!r}: redone_by must be a module-level function, got {name}")
     edits = model.__dict__.setdefault(_EDITS_ATTR, [])
     edits.append({"op": op, "redone_by": name, **copy.deepcopy(arguments)})
 
 
-def _redo_function(edit: dict) -> Redo:
-    name = edit.get("redone_by") or _BEFORE_REDONE_BY.get(edit["op"])
-    if name is None:
-        raise ValueError(f"the record's edit {edit['op']!r} names no function that redoes it")
+def _import_function(name: str) -> Callable:
     module, _, attr = name.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"the record's edit {edit['op']!r} is redone by {name}, which cannot be imported ({e})") from e
+    if not module or module == "__main__":
+        raise ValueError(f"{name} is not importable by name")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _redo_function(edit: dict) -> Redo:
+    names = [n for n in (edit.get("redone_by"), BUILTIN_OPS.get(edit["op"])) if n]
+    if not names:
+        raise ValueError(f"the record's edit {edit['op']!r} names no function that redoes it")
+    for name in names:
+        try:
+            return _import_function(name)
+        except (ImportError, AttributeError, ValueError) as e:
+            error = e
+    raise ValueError(f"the record's edit {edit['op']!r} is redone by {names[0]}, which cannot be imported ({error})")
 
 
 def edits_of(model: nn.Module) -> list[dict]:
@@ -114,7 +127,7 @@ def rebuild(record: dict) -> nn.Module:
 
     model = instantiate(record["model"], _convert_="all")
     # An older record's edits gain the name of their function, as new ones carry it.
-    edits = [{**e, "redone_by": e.get("redone_by") or _BEFORE_REDONE_BY.get(e["op"])} for e in record.get("edits", [])]
+    edits = [{**e, "redone_by": e.get("redone_by") or BUILTIN_OPS.get(e["op"])} for e in record.get("edits", [])]
     for i, edit in enumerate(edits):
         replaced = _redo_function(edit)(model, edit)
         if replaced is not None:

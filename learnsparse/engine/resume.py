@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from learnsparse.core.errors import UserError
+from learnsparse.core.plugins import with_current_targets
 
 from .step_checkpoints import newest_valid
 
@@ -32,7 +33,7 @@ def training_identity(config: dict) -> dict:
             return node
         return {k: strip(v, f"{prefix}{k}.") for k, v in node.items() if f"{prefix}{k}" not in _RUN_ONLY_KEYS}
 
-    return strip(config or {})
+    return strip(with_current_targets(config or {}))
 
 
 def _config_of(path: Path) -> dict | None:

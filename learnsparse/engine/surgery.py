@@ -182,6 +182,9 @@ def replace_modules(trainer, mapping: dict[str, nn.Module], *, verify: bool = Tr
     follows the parameters whose names and shapes stay, and the others start without state.
     `fresh`: names of new parameters that start without state (a bias a pass added). `edit`:
     {"op": …, "redone_by": the function `rebuild` redoes it with, facts…} for the architecture record."""
+    if edit is not None and ("op" not in edit or "redone_by" not in edit):
+        raise ValueError("replace_modules: edit= needs 'op' (its name) and 'redone_by' (the module-level "
+                         "function rebuild redoes it with, fn(model, edit))")
     model = trainer.unwrapped_model
     if "" in mapping:
         mapping = changed_modules(model, mapping[""])

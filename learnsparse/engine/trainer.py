@@ -1,5 +1,5 @@
 """The training loop. It knows only the loop: evaluation, checkpoints, logging and every
-sparsity method are hooks (see hook_base.py for the contract)."""
+sparsity method are hooks (see core/hook_base.py for the contract)."""
 from __future__ import annotations
 
 import contextlib

@@ -33,11 +33,11 @@ def checkpoint_record(ckpt: dict, path: Path) -> dict:
                         f"it was not written by learnsparse-train")
     from omegaconf import OmegaConf
 
-    from learnsparse.core.plugins import build_plugins
+    from learnsparse.core.plugins import build_plugins, with_current_targets
     from learnsparse.core.record import architecture_record, rebuild
 
     model = rebuild({"model": config["model"], "edits": [], "structure": {}})
-    build_plugins(OmegaConf.create({"sparsity": config.get("sparsity") or {}}), model)
+    build_plugins(OmegaConf.create({"sparsity": with_current_targets(config.get("sparsity") or {})}), model)
     return architecture_record(model, config["model"])
 
 

@@ -62,12 +62,12 @@ def _exported(model: nn.Module, example: torch.Tensor, what: str, method: str, s
         sparsify(trial, "flgc", groups=setting, include=include, exclude=exclude, balanced=balanced)
         for m in trial.modules():
             if learned_by(m) == GROUPING:
-                layer_type(m).finish(m)
+                layer_type(m).finish(m, None)
     else:
         sparsify(trial, "lgc", groups=groups, condense_factor=setting, include=include, exclude=exclude)
         for m in trial.modules():
             if learned_by(m) == CONDENSING:
-                layer_type(m).finish(m)
+                layer_type(m).finish(m, None)
     exported = condense_with_details(trial, torch.randn(2, *example.shape[1:]), measure=False).model
     return _cost(exported, example, what)
 

@@ -28,7 +28,7 @@ class CheckpointHook(HookBase):
         self.is_main = is_main
         self.monitor = monitor
         self.best = float("-inf")
-        self.structure_key: str | None = None  # structure_key of the last epoch's network
+        self.last_structure_key: str | None = None  # structure_key of the last epoch's network
 
     def checkpoint(self) -> dict:
         t = self.trainer
@@ -46,9 +46,9 @@ class CheckpointHook(HookBase):
         # condenses or swaps layers, the epochs before no longer count (exporting "the best"
         # must give the pruned network, not the dense one whose accuracy was higher).
         key = structure_key(self.trainer.unwrapped_model)
-        if self.structure_key is not None and key != self.structure_key:
+        if self.last_structure_key is not None and key != self.last_structure_key:
             self.best = float("-inf")
-        self.structure_key = key
+        self.last_structure_key = key
         improved = value is not None and value > self.best
         if improved:
             self.best = value
@@ -85,8 +85,8 @@ class CheckpointHook(HookBase):
         return path
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "structure": self.structure_key}
+        return {"best": self.best, "structure": self.last_structure_key}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best", float("-inf"))
-        self.structure_key = state.get("structure")
+        self.last_structure_key = state.get("structure")
