@@ -137,11 +137,13 @@ RUNS = {"lgc": ["model=condensenet_mini", "data.in_channels=1", "sparsity=conden
 SWAPS = ("condense_in_training", "shrink_in_training")
 
 
-@pytest.mark.parametrize("kind", sorted(RUNS))
-# make test keeps the kill after the swap with 2 workers; before the swap, and without workers, are
-# covered for the defaults by test_resume's random-step kills, and run here under -m slow.
-@pytest.mark.parametrize("kill_at,workers", [pytest.param(4, 0, marks=pytest.mark.slow),
-                                             pytest.param(10, 0, marks=pytest.mark.slow), (10, 2)])
+# make test keeps LGC's kill after the swap with 2 workers; before the swap, without workers, and
+# FLGC's and threshold's are covered for the defaults by test_resume's random-step kills, and
+# run here under -m slow.
+@pytest.mark.parametrize("kind,kill_at,workers", [
+    (kind, kill_at, workers) if (kind, kill_at, workers) == ("lgc", 10, 2)
+    else pytest.param(kind, kill_at, workers, marks=pytest.mark.slow)
+    for kind in sorted(RUNS) for kill_at, workers in [(4, 0), (10, 0), (10, 2)]])
 def test_killed_before_or_after_the_swap_resumes_bit_exactly(kind, kill_at, workers, tmp_path):
     common = [*RUNS[kind], "data.dataset.image_size=16", "trainer.epochs=4", "data.dataset.train_size=96",
               f"data.num_workers={workers}", f"paths.log_dir={tmp_path}"]
@@ -170,8 +172,9 @@ def test_killed_before_or_after_the_swap_resumes_bit_exactly(kind, kill_at, work
 
 
 # threshold's ResNet-20 run is under -m slow: test_budget's whole-path test trains thinner in
-# training and exports it in make test.
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "threshold" else k
+# training and exports it in make test. FLGC's too: LGC's run covers the swap-then-export path,
+# and FLGC's deployed forms export exactly by both routes in test_export_graph.
+@pytest.mark.parametrize("kind", [k if k == "lgc" else pytest.param(k, marks=pytest.mark.slow)
                                   for k in sorted(RUNS)])
 def test_a_run_condensed_in_training_exports_exactly(kind, tmp_path):
     import json

@@ -88,7 +88,8 @@ def test_bad_export_arguments_fail_with_one_line(args, fragment):
     assert_one_line_error(proc, fragment)
 
 
-@pytest.mark.parametrize("target", ["eager", "onnxruntime"])
+# ONNX Runtime under -m slow: test_tactics times CondenseNet's blocks there in make test.
+@pytest.mark.parametrize("target", ["eager", pytest.param("onnxruntime", marks=pytest.mark.slow)])
 def test_export_picks_each_blocks_form_for_the_target_and_reports_it(condensed_run, tmp_path, target):
     proc = _export(condensed_run, f"target={target}", "batch=8", "measure=true", f"output_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr

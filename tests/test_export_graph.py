@@ -109,7 +109,8 @@ def test_condensenet_is_gathers_grouped_convs_and_concats(tmp_path):
     assert direct_onnx_ops(load(tmp_path / "condensed.pt"), x, tmp_path / "loaded.onnx") == ops
 
 
-@pytest.mark.parametrize("balanced", [True, False])
+# The uneven groups (split convs) in make test; balanced ones, one grouped conv, under -m slow.
+@pytest.mark.parametrize("balanced", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_flgc_is_gathers_and_grouped_or_split_convs(tmp_path, balanced):
     torch.manual_seed(0)
     model = create_model("tv_resnet18", num_classes=10, in_channels=3)

@@ -48,7 +48,10 @@ def uninterrupted(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("kind", sorted(RUNS))
+# make test kills CondenseNet; FLGC and SSL + threshold, whose resumes test_resume's random-step
+# kills cover for the defaults, run under -m slow.
+@pytest.mark.parametrize("kind", [k if k == "condensenet" else pytest.param(k, marks=pytest.mark.slow)
+                                  for k in sorted(RUNS)])
 def test_sigkill_mid_epoch_resumes_from_the_step_checkpoint_bitwise(kind, tmp_path, uninterrupted):
     common = [*RUNS[kind], *SHAPE, "trainer.checkpoint.every_steps=2", f"paths.log_dir={tmp_path}",
               f"hydra.run.dir={tmp_path}/run"]
