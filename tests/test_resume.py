@@ -63,7 +63,10 @@ DEFAULT_METHODS = {
 }
 
 
-@pytest.mark.parametrize("method", sorted(DEFAULT_METHODS))
+# CondenseNet's kill is covered in make test by test_condense_in_training's kill after the swap
+# and test_step_checkpoints' mid-epoch kill: under -m slow here.
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "condensenet" else m
+                                    for m in sorted(DEFAULT_METHODS)])
 def test_defaults_killed_at_a_random_step_with_workers_resume_bit_exactly(method, tmp_path):
     kill_at = random.Random(method).randrange(1, 12)  # a moment drawn per method, the same every run
     common = [*DEFAULT_METHODS[method], "data.dataset.image_size=16", "trainer.epochs=4", "data.dataset.train_size=96",
