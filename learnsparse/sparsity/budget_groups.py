@@ -60,14 +60,12 @@ def _exported(model: nn.Module, example: torch.Tensor, what: str, method: str, s
     trial = copy.deepcopy(model).eval()
     if method == "flgc":
         sparsify(trial, "flgc", groups=setting, include=include, exclude=exclude, balanced=balanced)
-        for m in trial.modules():
-            if learned_by(m) == GROUPING:
-                layer_type(m).finish(m, None)
     else:
         sparsify(trial, "lgc", groups=groups, condense_factor=setting, include=include, exclude=exclude)
-        for m in trial.modules():
-            if learned_by(m) == CONDENSING:
-                layer_type(m).finish(m, None)
+    kind = GROUPING if method == "flgc" else CONDENSING
+    for m in trial.modules():
+        if learned_by(m) == kind:
+            layer_type(m).finish(m, None)  # its structure final, as at the end of training
     exported = condense_with_details(trial, torch.randn(2, *example.shape[1:]), measure=False).model
     return _cost(exported, example, what)
 
